@@ -1,0 +1,12 @@
+// Subcommands of the `tessera` binary. Each lives in its own file and receives the arguments
+// after its name (argv[0] is the subcommand). Returns the process exit code.
+#ifndef TESSERA_CLI_COMMANDS_H_
+#define TESSERA_CLI_COMMANDS_H_
+
+namespace tessera::cli {
+
+int InspectMain(int argc, char** argv);  // tessera inspect MODEL
+
+}  // namespace tessera::cli
+
+#endif  // TESSERA_CLI_COMMANDS_H_

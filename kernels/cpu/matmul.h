@@ -1,0 +1,58 @@
+// Fused quantized matrix products on the CPU.
+//
+//   y (n_batch, w.rows) = x (n_batch, w.cols) * W^T      (W stored quantized, never dequantized)
+//
+// The activations are first quantized to 8-bit blocks (per-32 blocks for Q4_0..Q8_0, per-256
+// super-blocks with partial sums for the k-quants, as ggml does), then every weight row is
+// dotted with every activation row using integer SIMD. Each thread streams a contiguous range
+// of weight rows once and reuses it for the whole batch, so a small-batch product costs one
+// pass over the weights: it is memory-bound, and its speed is reported as weight GB/s.
+//
+// The instruction set is chosen at run time from the CPU's features (scalar, AVX2, AVX-512,
+// AVX-512 VNNI); tests may force a specific one.
+#ifndef TESSERA_KERNELS_CPU_MATMUL_H_
+#define TESSERA_KERNELS_CPU_MATMUL_H_
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/tensor.h"
+
+namespace tessera {
+
+enum class CpuIsa { kScalar, kAvx2, kAvx512, kAvx512Vnni };
+
+std::string_view CpuIsaName(CpuIsa isa);
+
+// The best instruction set this CPU (and this build) supports.
+CpuIsa DetectCpuIsa();
+
+// Whether `isa` can run here (compiled in and supported by the CPU).
+bool CpuIsaAvailable(CpuIsa isa);
+
+// Whether MatMulQ implements weights of this type (every quantized format of the registry and
+// F32/F16/BF16).
+bool MatMulSupports(GgmlType type);
+
+// Reusable buffers for the quantized activations; keep one per engine to avoid allocation on
+// every call. Not thread-safe: one MatMulQ at a time per scratch.
+struct MatMulScratch {
+  std::vector<uint8_t> activations;
+};
+
+struct MatMulOptions {
+  CpuIsa isa;  // defaults to DetectCpuIsa()
+  MatMulOptions();
+};
+
+// Errors: unsupported type, cols not a whole number of blocks, row_bytes too small.
+absl::Status MatMulQ(const QuantMatrix& w, const float* x, int64_t n_batch, float* y,
+                     ThreadPool* pool, MatMulScratch* scratch,
+                     const MatMulOptions& options = MatMulOptions());
+
+}  // namespace tessera
+
+#endif  // TESSERA_KERNELS_CPU_MATMUL_H_

@@ -1,0 +1,44 @@
+// Non-owning views of weight tensors as they are stored (GGUF blocks, usually in an mmap).
+//
+// Dimension order follows GGUF/ggml: ne[0] is the innermost (contiguous) dimension, so a
+// weight matrix of shape ne = {cols, rows} is stored row by row, each row `cols` elements
+// packed into blocks of its type. Views never own memory; whoever produced `data` (the GGUF
+// mmap, a test buffer) must outlive them.
+#ifndef TESSERA_KERNELS_TENSOR_H_
+#define TESSERA_KERNELS_TENSOR_H_
+
+#include <array>
+#include <cstdint>
+
+#include "kernels/quant/types.h"
+
+namespace tessera {
+
+inline constexpr int kMaxDims = 4;
+
+struct TensorView {
+  GgmlType type = GgmlType::kF32;
+  int n_dims = 0;
+  std::array<int64_t, kMaxDims> ne = {1, 1, 1, 1};  // unused dims are 1
+  const void* data = nullptr;
+  int64_t nbytes = 0;
+
+  int64_t n_elems() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
+};
+
+// A 2-D quantized weight matrix: `rows` rows of `cols` elements, row r starting at
+// data + r * row_bytes. Linear layers compute y = W x, so rows = output features and
+// cols = input features (GGUF ne = {cols, rows}).
+struct QuantMatrix {
+  GgmlType type = GgmlType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t row_bytes = 0;  // stride between rows; >= bytes of one row (slices may pad)
+  const void* data = nullptr;
+
+  const uint8_t* row(int64_t r) const { return static_cast<const uint8_t*>(data) + r * row_bytes; }
+};
+
+}  // namespace tessera
+
+#endif  // TESSERA_KERNELS_TENSOR_H_
