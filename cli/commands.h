@@ -5,7 +5,8 @@
 
 namespace tessera::cli {
 
-int InspectMain(int argc, char** argv);  // tessera inspect MODEL
+int InspectMain(int argc, char** argv);   // tessera inspect MODEL
+int BenchMain(int argc, char** argv);     // tessera bench
 
 }  // namespace tessera::cli
 

@@ -15,6 +15,8 @@ struct Command {
 constexpr Command kCommands[] = {
     {"inspect", tessera::cli::InspectMain,
      "describe a GGUF model: architecture, config, tensors and bytes per quant type"},
+    {"bench", tessera::cli::BenchMain,
+     "time prefill and decode on a model or a synthetic shape, beside the roofline"},
 };
 
 int Usage(FILE* out) {

@@ -10,6 +10,7 @@
 #include <array>
 #include <cstdint>
 
+#include "absl/status/statusor.h"
 #include "kernels/quant/types.h"
 
 namespace tessera {
@@ -38,6 +39,12 @@ struct QuantMatrix {
 
   const uint8_t* row(int64_t r) const { return static_cast<const uint8_t*>(data) + r * row_bytes; }
 };
+
+// Rows [row0, row0 + rows) and columns [col0, col0 + cols) of `m`, without copying: the view
+// keeps m's row stride. Column bounds must fall on block boundaries of m's type (a tensor-
+// parallel split of a quantized row cannot cut a block).
+absl::StatusOr<QuantMatrix> SliceMatrix(const QuantMatrix& m, int64_t row0, int64_t rows,
+                                        int64_t col0, int64_t cols);
 
 }  // namespace tessera
 

@@ -1,12 +1,10 @@
 #include "model/kv_cache.h"
 
-#include <limits>
-
 #include "absl/strings/str_cat.h"
 
 namespace tessera {
 
-absl::StatusOr<int64_t> KvBlocksForBudget(const KvCacheShape& shape, int64_t budget_bytes) {
+absl::StatusOr<int64_t> KvBlocksForBudget(const KvLayout& shape, int64_t budget_bytes) {
   if (shape.n_layers <= 0 || shape.n_kv_heads <= 0 || shape.head_dim <= 0 ||
       shape.block_tokens <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -17,7 +15,9 @@ absl::StatusOr<int64_t> KvBlocksForBudget(const KvCacheShape& shape, int64_t bud
   if (budget_bytes < 0) {
     return absl::InvalidArgumentError(absl::StrCat("KV cache budget is negative: ", budget_bytes));
   }
-  return budget_bytes / shape.block_bytes();
+  KvLayout one = shape;
+  one.n_blocks = 1;
+  return budget_bytes / one.bytes();
 }
 
 KvBlockManager::KvBlockManager(int64_t n_blocks, int block_tokens)
@@ -80,19 +80,6 @@ const std::vector<int32_t>& KvBlockManager::BlockTable(SeqId seq) const {
   static const std::vector<int32_t> kEmpty;
   auto it = seqs_.find(seq);
   return it == seqs_.end() ? kEmpty : it->second.blocks;
-}
-
-absl::StatusOr<KvCache> KvCache::Create(const KvCacheShape& shape, int64_t n_blocks) {
-  if (n_blocks <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "KV cache needs at least one block; got ", n_blocks,
-        " (the memory budget is too small for one block of ", shape.block_bytes(), " bytes)"));
-  }
-  const int64_t floats = shape.block_bytes() / int64_t{sizeof(float)};
-  if (floats <= 0 || n_blocks > std::numeric_limits<int64_t>::max() / floats) {
-    return absl::InvalidArgumentError("KV cache size overflows");
-  }
-  return KvCache(shape, n_blocks, std::vector<float>(static_cast<size_t>(floats * n_blocks)));
 }
 
 }  // namespace tessera

@@ -1,0 +1,249 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/quant/types.h"
+
+namespace tessera {
+namespace {
+
+class HostWeight final : public Weight {
+ public:
+  explicit HostWeight(const QuantMatrix& m) : m_(m) {}
+  const QuantMatrix& matrix() const override { return m_; }
+  int64_t device_bytes() const override { return 0; }  // stays in the mmap
+
+ private:
+  QuantMatrix m_;
+};
+
+class HostBuffer final : public DeviceBuffer {
+ public:
+  explicit HostBuffer(int64_t n) : data_(static_cast<size_t>(n)) {}
+  float* data() override { return data_.data(); }
+  int64_t n_floats() const override { return static_cast<int64_t>(data_.size()); }
+
+ private:
+  std::vector<float> data_;
+};
+
+bool SameRope(const RopeParams& a, const RopeParams& b) {
+  return a.head_dim == b.head_dim && a.rope_dims == b.rope_dims && a.freq_base == b.freq_base &&
+         a.scaling_factor == b.scaling_factor && a.low_freq_factor == b.low_freq_factor &&
+         a.high_freq_factor == b.high_freq_factor && a.original_context == b.original_context &&
+         a.freq_factors == b.freq_factors;
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(int n_threads) : pool_(std::max(1, n_threads)) {}
+
+std::string CpuBackend::name() const {
+  return absl::StrCat("cpu (", std::string(CpuIsaName(DetectCpuIsa())), ", ", pool_.size(), " threads)");
+}
+
+absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::LoadWeight(const QuantMatrix& host) {
+  const QuantTraits* traits = FindQuantTraits(host.type);
+  if (traits == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight type ", GgmlTypeName(host.type), " is not supported"));
+  }
+  absl::StatusOr<int64_t> row_bytes = RowBytes(*traits, host.cols);
+  if (!row_bytes.ok()) return row_bytes.status();
+  if (host.row_bytes < *row_bytes || host.rows < 1 || host.data == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("malformed ", traits->name, " weight: rows=",
+                                                   host.rows, " cols=", host.cols,
+                                                   " row_bytes=", host.row_bytes));
+  }
+  return std::make_unique<HostWeight>(host);
+}
+
+absl::StatusOr<std::unique_ptr<DeviceBuffer>> CpuBackend::Allocate(int64_t n_floats) {
+  if (n_floats < 0) return absl::InvalidArgumentError("negative buffer size");
+  return std::make_unique<HostBuffer>(n_floats);
+}
+
+absl::Status CpuBackend::AllocateKvCache(const KvLayout& layout) {
+  if (layout.n_layers <= 0 || layout.n_kv_heads <= 0 || layout.head_dim <= 0 ||
+      layout.block_tokens <= 0 || layout.n_blocks <= 0) {
+    return absl::InvalidArgumentError("KV cache layout has a non-positive dimension");
+  }
+  kv_layout_ = layout;
+  kv_.assign(static_cast<size_t>(layout.bytes() / 4), 0.0f);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::CopyToHost(const float* device, int64_t n, float* host) {
+  std::memcpy(host, device, static_cast<size_t>(n) * sizeof(float));
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::CopyToDevice(const float* host, int64_t n, float* device) {
+  std::memcpy(device, host, static_cast<size_t>(n) * sizeof(float));
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Embed(const Weight& table, const int32_t* ids, int64_t n_tokens,
+                               float* out) {
+  const QuantMatrix& m = table.matrix();
+  const QuantTraits* traits = FindQuantTraits(m.type);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    if (ids[t] < 0 || ids[t] >= m.rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", ids[t], " is outside the vocabulary (", m.rows, " tokens)"));
+    }
+    traits->dequantize_ref(m.row(ids[t]), out + t * m.cols, m.cols);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::MatMul(const Weight& w, const float* x, int64_t n_tokens, float* y) {
+  return MatMulQ(w.matrix(), x, n_tokens, y, &pool_, &scratch_);
+}
+
+absl::Status CpuBackend::RmsNorm(const float* x, const Weight& weight, int64_t n_tokens,
+                                 float eps, float* y) {
+  const QuantMatrix& m = weight.matrix();
+  if (m.type != GgmlType::kF32) {
+    return absl::InvalidArgumentError("RMSNorm weight must be F32");
+  }
+  const float* g = static_cast<const float*>(m.data);
+  const int64_t dim = m.cols * m.rows;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float* xr = x + t * dim;
+    float* yr = y + t * dim;
+    double sum_sq = 0.0;
+    for (int64_t i = 0; i < dim; ++i) sum_sq += static_cast<double>(xr[i]) * xr[i];
+    const float scale = static_cast<float>(1.0 / std::sqrt(sum_sq / dim + eps));
+    for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * scale * g[i];
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Rope(float* x, int64_t n_tokens, int n_heads, const int32_t* positions,
+                              const RopeParams& params) {
+  if (params.rope_dims <= 0 || params.rope_dims > params.head_dim || params.rope_dims % 2 ||
+      (!params.freq_factors.empty() &&
+       params.freq_factors.size() != static_cast<size_t>(params.rope_dims / 2))) {
+    return absl::InvalidArgumentError(absl::StrCat("bad RoPE dims ", params.rope_dims,
+                                                   " for head_dim ", params.head_dim));
+  }
+  if (rope_cache_.empty() || !SameRope(params, rope_cache_params_)) {
+    rope_cache_ = RopeFrequencies(params);
+    rope_cache_params_ = params;
+  }
+  const int half = params.rope_dims / 2;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int i = 0; i < half; ++i) {
+      // Angles in double: positions up to 128k times frequencies near 1 lose precision in
+      // float before the sin/cos.
+      const double angle = static_cast<double>(positions[t]) * rope_cache_[i];
+      const float c = static_cast<float>(std::cos(angle));
+      const float s = static_cast<float>(std::sin(angle));
+      for (int h = 0; h < n_heads; ++h) {
+        float* p = x + (t * n_heads + h) * params.head_dim + 2 * i;
+        const float x0 = p[0], x1 = p[1];
+        p[0] = x0 * c - x1 * s;
+        p[1] = x0 * s + x1 * c;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::SwiGlu(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::GatherRows(const float* src, const int32_t* rows, int64_t n_rows,
+                                    int64_t dim, float* dst) {
+  for (int64_t i = 0; i < n_rows; ++i) {
+    std::memcpy(dst + i * dim, src + int64_t{rows[i]} * dim, static_cast<size_t>(dim) * 4);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Add(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, const float* v,
+                                   int n_heads, const AttentionBatch& batch, float* out) {
+  const KvLayout& L = kv_layout_;
+  if (kv_.empty()) return absl::FailedPreconditionError("KV cache not allocated");
+  if (layer < 0 || layer >= L.n_layers || n_heads % L.n_kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("attention: layer ", layer, " or heads ",
+                                                   n_heads, " do not match the KV cache"));
+  }
+  const int64_t n_tokens = static_cast<int64_t>(batch.position.size());
+  const int hd = L.head_dim;
+  const int64_t kv_floats = int64_t{L.n_kv_heads} * hd;
+  const int64_t n_slots = L.n_blocks * L.block_tokens;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const int64_t slot = batch.slot_of_token[t];
+    if (slot < 0 || slot >= n_slots) {
+      return absl::InvalidArgumentError(absl::StrCat("KV slot ", slot, " out of range"));
+    }
+    std::memcpy(KvSlot(layer, 0, slot), k + t * kv_floats, kv_floats * sizeof(float));
+    std::memcpy(KvSlot(layer, 1, slot), v + t * kv_floats, kv_floats * sizeof(float));
+  }
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const int32_t seq = batch.seq_of_token[t];
+    if (seq < 0 || seq >= static_cast<int32_t>(batch.block_table.size()) ||
+        batch.position[t] < 0 ||
+        static_cast<int64_t>(batch.block_table[seq].size()) * L.block_tokens <=
+            batch.position[t]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "attention: token ", t, " at position ", batch.position[t],
+          " is not covered by its sequence's block table"));
+    }
+  }
+  const int group = n_heads / L.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int64_t n_work = n_tokens * n_heads;
+  pool_.Run([&](int thread, int n_threads) {
+    int64_t begin, end;
+    ThreadPool::Share(n_work, thread, n_threads, 1, &begin, &end);
+    std::vector<float> scores;
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t t = w / n_heads;
+      const int h = static_cast<int>(w % n_heads);
+      const int kvh = h / group;
+      const std::vector<int32_t>& table = batch.block_table[batch.seq_of_token[t]];
+      const int ctx = batch.position[t] + 1;
+      const float* qh = q + (t * n_heads + h) * hd;
+      scores.resize(static_cast<size_t>(ctx));
+      float max_score = -std::numeric_limits<float>::infinity();
+      for (int p = 0; p < ctx; ++p) {
+        const int64_t s = int64_t{table[p / L.block_tokens]} * L.block_tokens + p % L.block_tokens;
+        const float* kp = KvSlot(layer, 0, s) + kvh * hd;
+        float dot = 0.0f;
+        for (int i = 0; i < hd; ++i) dot += qh[i] * kp[i];
+        scores[p] = dot * scale;
+        max_score = std::max(max_score, scores[p]);
+      }
+      float denom = 0.0f;
+      for (int p = 0; p < ctx; ++p) {
+        scores[p] = std::exp(scores[p] - max_score);
+        denom += scores[p];
+      }
+      float* oh = out + (t * n_heads + h) * hd;
+      std::fill(oh, oh + hd, 0.0f);
+      for (int p = 0; p < ctx; ++p) {
+        const int64_t s = int64_t{table[p / L.block_tokens]} * L.block_tokens + p % L.block_tokens;
+        const float* vp = KvSlot(layer, 1, s) + kvh * hd;
+        const float wgt = scores[p] / denom;
+        for (int i = 0; i < hd; ++i) oh[i] += wgt * vp[i];
+      }
+    }
+  });
+  return absl::OkStatus();
+}
+
+}  // namespace tessera
