@@ -40,7 +40,8 @@ bool SameRope(const RopeParams& a, const RopeParams& b) {
 
 }  // namespace
 
-CpuBackend::CpuBackend(int n_threads) : pool_(std::max(1, n_threads)) {}
+CpuBackend::CpuBackend(int n_threads, bool exact_matmul)
+    : pool_(std::max(1, n_threads)), exact_matmul_(exact_matmul) {}
 
 std::string CpuBackend::name() const {
   return absl::StrCat("cpu (", std::string(CpuIsaName(DetectCpuIsa())), ", ", pool_.size(), " threads)");
@@ -102,7 +103,29 @@ absl::Status CpuBackend::Embed(const Weight& table, const int32_t* ids, int64_t 
 }
 
 absl::Status CpuBackend::MatMul(const Weight& w, const float* x, int64_t n_tokens, float* y) {
+  if (exact_matmul_) return ExactMatMul(w.matrix(), x, n_tokens, y);
   return MatMulQ(w.matrix(), x, n_tokens, y, &pool_, &scratch_);
+}
+
+absl::Status CpuBackend::ExactMatMul(const QuantMatrix& w, const float* x, int64_t n_tokens,
+                                     float* y) {
+  const QuantTraits* traits = FindQuantTraits(w.type);
+  if (traits == nullptr) return absl::InvalidArgumentError("unsupported weight type");
+  pool_.Run([&](int thread, int n_threads) {
+    int64_t begin, end;
+    ThreadPool::Share(w.rows, thread, n_threads, 1, &begin, &end);
+    std::vector<float> row(static_cast<size_t>(w.cols));
+    for (int64_t r = begin; r < end; ++r) {
+      traits->dequantize_ref(w.row(r), row.data(), w.cols);
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        const float* xt = x + t * w.cols;
+        double acc = 0.0;
+        for (int64_t i = 0; i < w.cols; ++i) acc += static_cast<double>(row[i]) * xt[i];
+        y[t * w.rows + r] = static_cast<float>(acc);
+      }
+    }
+  });
+  return absl::OkStatus();
 }
 
 absl::Status CpuBackend::RmsNorm(const float* x, const Weight& weight, int64_t n_tokens,

@@ -18,7 +18,10 @@ namespace tessera {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int n_threads);
+  // exact_matmul: multiply with the reference-dequantized weights in float64 instead of the
+  // fused 8-bit kernels. Slow; for tests that check the rest of the forward pass tightly
+  // against a float64 reference without the activation-quantization noise.
+  explicit CpuBackend(int n_threads, bool exact_matmul = false);
   std::string name() const override;
   int n_threads() const { return pool_.size(); }
 
@@ -49,7 +52,10 @@ class CpuBackend final : public Backend {
     return kv_.data() + (int64_t{layer} * 2 + kv) * per_kv + slot * token_floats;
   }
 
+  absl::Status ExactMatMul(const QuantMatrix& w, const float* x, int64_t n_tokens, float* y);
+
   ThreadPool pool_;
+  const bool exact_matmul_;
   MatMulScratch scratch_;
   KvLayout kv_layout_;
   std::vector<float> kv_;  // (n_layers, 2, n_blocks * block_tokens, n_kv_heads, head_dim)

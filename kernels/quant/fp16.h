@@ -42,7 +42,8 @@ inline float Fp16ToFloat(fp16_t h) {
   return BitsToFloat(sign | (static_cast<uint32_t>(112 - e) << 23) | ((mant & 0x3ffu) << 13));
 }
 
-// Round to nearest even, overflow to inf, NaN stays NaN (quiet).
+// Round to nearest even, overflow to inf, NaN stays NaN (made quiet, as F16C does; numpy keeps
+// a signalling NaN's bits, so only NaN bit patterns can differ from numpy's cast).
 inline fp16_t FloatToFp16(float f) {
   const uint32_t u = FloatToBits(f);
   const uint32_t sign = (u >> 16) & 0x8000u;

@@ -68,7 +68,7 @@ absl::StatusOr<GgmlType> ParseGgmlType(std::string_view name) {
   std::string known;
   for (const QuantTraits& t : kTraits) absl::StrAppend(&known, known.empty() ? "" : ", ", t.name);
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown quantization type '", name, "' (known: ", known, ")"));
+      absl::StrCat("unknown quantization type '", std::string(name), "' (known: ", known, ")"));
 }
 
 absl::StatusOr<int64_t> RowBytes(const QuantTraits& traits, int64_t n_elems) {

@@ -1,7 +1,7 @@
 // engine_tool: runs the engine on token ids and writes the logits, for the Python tests that
 // compare the forward pass with an independent numpy reference.
 //
-//   engine_tool MODEL.gguf OUT.f32 IDS [--chunk N] [--threads T]
+//   engine_tool MODEL.gguf OUT.f32 IDS [--chunk N] [--threads T] [--exact 1]
 //
 // IDS is a comma-separated list of token ids; the prompt is run in chunks of N tokens (default:
 // all at once) and OUT.f32 receives the logits after every token of the prompt, (n, vocab)
@@ -29,11 +29,13 @@ int Fail(const std::string& msg) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 4) return Fail("usage: engine_tool MODEL.gguf OUT.f32 IDS [--chunk N] [--threads T]");
+  if (argc < 4) return Fail("usage: engine_tool MODEL.gguf OUT.f32 IDS [--chunk N] [--threads T] [--exact 1]");
   int64_t chunk = 0;
   int threads = 2;
+  bool exact = false;
   for (int i = 4; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--chunk")) chunk = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--exact")) exact = std::atoi(argv[i + 1]) != 0;
     else if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
     else return Fail(std::string("unknown option ") + argv[i]);
   }
@@ -47,7 +49,7 @@ int main(int argc, char** argv) {
   if (!file.ok()) return Fail(file.status().ToString());
   auto weights = tessera::GgufWeights::Create(file->get());
   if (!weights.ok()) return Fail(weights.status().ToString());
-  tessera::CpuBackend backend(threads);
+  tessera::CpuBackend backend(threads, exact);
   auto engine = tessera::Engine::Create(**weights, tessera::ModelShard::Whole((*weights)->config()),
                                         &backend, nullptr, tessera::EngineOptions());
   if (!engine.ok()) return Fail(engine.status().ToString());
