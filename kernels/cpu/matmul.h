@@ -2,11 +2,12 @@
 //
 //   y (n_batch, w.rows) = x (n_batch, w.cols) * W^T      (W stored quantized, never dequantized)
 //
-// The activations are first quantized to 8-bit blocks (per-32 blocks for Q4_0..Q8_0, per-256
-// super-blocks with partial sums for the k-quants, as ggml does), then every weight row is
-// dotted with every activation row using integer SIMD. Each thread streams a contiguous range
-// of weight rows once and reuses it for the whole batch, so a small-batch product costs one
-// pass over the weights: it is memory-bound, and its speed is reported as weight GB/s.
+// The activations are first quantized to 8-bit blocks (kernels/cpu/act_quant.h: per-32 blocks
+// for Q4_0..Q8_0, per-256 super-blocks with per-16 sums for the k-quants), then every weight
+// row is dotted with every activation row using integer SIMD on the stored blocks. Threads take
+// contiguous chunks of weight rows from a shared counter and use each row (a small tile of
+// rows, cached) for the whole batch, so a small-batch product costs one pass over the weights:
+// it is memory-bound, and its speed is reported as weight GB/s (bench/kernel_bench.cc).
 //
 // The instruction set is chosen at run time from the CPU's features (scalar, AVX2, AVX-512,
 // AVX-512 VNNI); tests may force a specific one.
@@ -37,8 +38,9 @@ bool CpuIsaAvailable(CpuIsa isa);
 // F32/F16/BF16).
 bool MatMulSupports(GgmlType type);
 
-// Reusable buffers for the quantized activations; keep one per engine to avoid allocation on
-// every call. Not thread-safe: one MatMulQ at a time per scratch.
+// Reusable buffers for the quantized activations (n_batch rows, 64-byte aligned inside the
+// vector); keep one per engine to avoid allocation on every call. Not thread-safe: one MatMulQ
+// at a time per scratch.
 struct MatMulScratch {
   std::vector<uint8_t> activations;
 };
@@ -48,7 +50,9 @@ struct MatMulOptions {
   MatMulOptions();
 };
 
-// Errors: unsupported type, cols not a whole number of blocks, row_bytes too small.
+// x: (n_batch, w.cols) floats, finite. y: (n_batch, w.rows). pool may be null (one thread).
+// Errors: unsupported type (Unimplemented), instruction set not available (FailedPrecondition),
+// cols not a whole number of blocks or row_bytes too small (InvalidArgument).
 absl::Status MatMulQ(const QuantMatrix& w, const float* x, int64_t n_batch, float* y,
                      ThreadPool* pool, MatMulScratch* scratch,
                      const MatMulOptions& options = MatMulOptions());

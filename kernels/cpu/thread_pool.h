@@ -2,13 +2,17 @@
 //
 // Run() hands the same function to every thread (the caller takes index 0) and returns when
 // all have finished: the fork-join shape of a matmul split by rows. Threads are created once
-// and park on a condition variable between calls, so a decode step pays no thread start-up.
+// and wait between calls, so a decode step pays no thread start-up. A waiting thread first
+// spins for a short while (a decode step issues the next Run within microseconds, and a
+// condition-variable wake-up costs tens of them), then sleeps on a condition variable so an
+// idle pool uses no CPU.
 //
 // Thread-safety: Run() may be called from one thread at a time (the pool is owned by one
-// engine); it is not re-entrant.
+// engine); it is not re-entrant. fn must not throw.
 #ifndef TESSERA_KERNELS_CPU_THREAD_POOL_H_
 #define TESSERA_KERNELS_CPU_THREAD_POOL_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -20,7 +24,7 @@ namespace tessera {
 
 class ThreadPool {
  public:
-  // n_threads >= 1 counts the caller; n_threads - 1 threads are started.
+  // n_threads >= 1 counts the caller; n_threads - 1 threads are started. Values < 1 mean 1.
   explicit ThreadPool(int n_threads);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -31,8 +35,9 @@ class ThreadPool {
   // Calls fn(thread_index, n_threads) once on each thread and waits for all of them.
   void Run(const std::function<void(int thread_index, int n_threads)>& fn);
 
-  // [begin, end) of the i-th of n near-equal contiguous shares of [0, total), aligned to
-  // `granule` (the last share takes the remainder).
+  // [begin, end) of the i-th of n near-equal contiguous shares of [0, total). Share bounds are
+  // multiples of `granule` except the final end (= total); the shares tile [0, total) exactly,
+  // in order, and may be empty when there are fewer granules than shares.
   static void Share(int64_t total, int i, int n, int64_t granule, int64_t* begin, int64_t* end);
 
  private:
@@ -43,10 +48,11 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable start_cv_;
   std::condition_variable done_cv_;
-  const std::function<void(int, int)>* job_ = nullptr;  // guarded by mu_
-  uint64_t generation_ = 0;                             // guarded by mu_
-  int pending_ = 0;                                     // guarded by mu_
-  bool stop_ = false;                                   // guarded by mu_
+  // Written under mu_; also read without it (acquire) while spinning.
+  const std::function<void(int, int)>* job_ = nullptr;  // set before generation_ changes
+  std::atomic<uint64_t> generation_{0};                 // bumped once per Run
+  std::atomic<int> pending_{0};                         // workers still running the current job
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace tessera
