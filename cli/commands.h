@@ -3,10 +3,17 @@
 #ifndef TESSERA_CLI_COMMANDS_H_
 #define TESSERA_CLI_COMMANDS_H_
 
+#include <string>
+
 namespace tessera::cli {
 
 int InspectMain(int argc, char** argv);   // tessera inspect MODEL
 int BenchMain(int argc, char** argv);     // tessera bench
+int GenerateMain(int argc, char** argv);  // tessera generate
+
+// The default model's path: $TESSERA_MODEL_DIR (or ~/.cache/tessera/models) + its file name,
+// where scripts/fetch-model puts it.
+std::string DefaultModelPath();
 
 }  // namespace tessera::cli
 

@@ -13,6 +13,8 @@ struct Command {
 };
 
 constexpr Command kCommands[] = {
+    {"generate", tessera::cli::GenerateMain,
+     "generate text or answer a chat message with a model, streaming it"},
     {"inspect", tessera::cli::InspectMain,
      "describe a GGUF model: architecture, config, tensors and bytes per quant type"},
     {"bench", tessera::cli::BenchMain,

@@ -1,0 +1,145 @@
+// tessera generate: one completion of a prompt or a chat message on the local CPU engine,
+// streamed to stdout; timing to stderr.
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/status_macros.h"
+#include "model/chat_template.h"
+#include "model/engine.h"
+#include "model/generate.h"
+#include "model/tokenizer.h"
+#include "model/weights.h"
+
+namespace tessera::cli {
+
+std::string DefaultModelPath() {
+  const char* dir = std::getenv("TESSERA_MODEL_DIR");
+  const char* home = std::getenv("HOME");
+  const std::string base = dir != nullptr ? std::string(dir)
+                                          : absl::StrCat(home ? home : ".", "/.cache/tessera/models");
+  return base + "/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+namespace {
+
+struct GenerateOptions {
+  std::string model, prompt, chat, system;
+  int64_t max_tokens = 256, threads = 2, top_k = 40, seed = -1, logprobs = 0;
+  int64_t kv_memory_mib = 256;
+  double temperature = 0.8, top_p = 0.95, min_p = 0.05, repeat_penalty = 1.0;
+  double frequency_penalty = 0.0, presence_penalty = 0.0;
+  std::vector<std::string> stop;
+  bool has_prompt = false, has_chat = false;
+};
+
+absl::Status Run(const GenerateOptions& o) {
+  if (o.has_prompt == o.has_chat) {
+    return absl::InvalidArgumentError("give exactly one of -p PROMPT or --chat MESSAGE");
+  }
+  if (o.has_chat && o.chat.empty()) {
+    return absl::InvalidArgumentError("the chat message is empty");
+  }
+  const std::string path = o.model.empty() ? DefaultModelPath() : o.model;
+  absl::StatusOr<OpenedModel> opened = OpenGgufModel(path);
+  if (!opened.ok() && o.model.empty()) {
+    return absl::NotFoundError(absl::StrCat(opened.status().message(),
+                                            " (the default model: run scripts/fetch-model)"));
+  }
+  if (!opened.ok()) return opened.status();
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
+                           Tokenizer::FromGguf(*opened->file));
+
+  std::vector<int32_t> ids;
+  if (o.has_chat) {
+    TESSERA_ASSIGN_OR_RETURN(ChatTemplate tmpl, ChatTemplate::FromGguf(*opened->file));
+    std::vector<ChatMessage> messages;
+    if (!o.system.empty()) messages.push_back({"system", o.system});
+    messages.push_back({"user", o.chat});
+    TESSERA_ASSIGN_OR_RETURN(std::string text, tmpl.Render(messages, true));
+    TESSERA_ASSIGN_OR_RETURN(ids, tokenizer->Encode(text, true, /*parse_special=*/true));
+  } else {
+    TESSERA_ASSIGN_OR_RETURN(ids, tokenizer->Encode(o.prompt, true, /*parse_special=*/false));
+  }
+
+  GenerateRequest req;
+  req.prompt = ids;
+  req.max_tokens = o.max_tokens;
+  req.stop = o.stop;
+  SamplingParams& s = req.sampling;
+  s.temperature = static_cast<float>(o.temperature);
+  s.top_k = static_cast<int32_t>(o.top_k);
+  s.top_p = static_cast<float>(o.top_p);
+  s.min_p = static_cast<float>(o.min_p);
+  s.repetition_penalty = static_cast<float>(o.repeat_penalty);
+  s.frequency_penalty = static_cast<float>(o.frequency_penalty);
+  s.presence_penalty = static_cast<float>(o.presence_penalty);
+  s.n_logprobs = static_cast<int32_t>(o.logprobs);
+  s.seed = o.seed >= 0 ? static_cast<uint64_t>(o.seed) : std::random_device()();
+  TESSERA_RETURN_IF_ERROR(s.Validate());
+
+  CpuBackend backend(static_cast<int>(o.threads));
+  EngineOptions eo;
+  eo.kv_budget_bytes = o.kv_memory_mib << 20;
+  TESSERA_ASSIGN_OR_RETURN(
+      std::unique_ptr<Engine> engine,
+      Engine::Create(*opened->weights, ModelShard::Whole(opened->weights->config()), &backend,
+                     nullptr, eo));
+  TESSERA_ASSIGN_OR_RETURN(GenerateResult r,
+                           Generate(*engine, *tokenizer, req, 1, [](std::string_view piece) {
+                             std::fwrite(piece.data(), 1, piece.size(), stdout);
+                             std::fflush(stdout);
+                           }));
+  std::printf("\n");
+  const int64_t n = static_cast<int64_t>(r.tokens.size());
+  std::fprintf(stderr,
+               "\nprompt tokens %lld, generated tokens %lld (finish: %s), seed %llu\n"
+               "time to first token %.1f ms, decode %.1f tokens/s (%s)\n",
+               static_cast<long long>(r.prompt_tokens), static_cast<long long>(n),
+               r.finish_reason.c_str(), static_cast<unsigned long long>(s.seed),
+               r.time_to_first_token_s * 1e3, n > 1 ? (n - 1) / r.decode_s : 0.0,
+               backend.name().c_str());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int GenerateMain(int argc, char** argv) {
+  GenerateOptions o;
+  Args args("generate", "Generates text from a prompt or answers a chat message, streaming it.");
+  args.Option("model", "m", &o.model, "GGUF model (default: the model of scripts/fetch-model)");
+  args.Option("prompt", "p", &o.prompt, "raw prompt to continue");
+  args.Option("chat", nullptr, &o.chat, "a user message, formatted with the model's chat template");
+  args.Option("system", nullptr, &o.system, "system message for --chat");
+  args.Option("max-tokens", "n", &o.max_tokens, "tokens to generate at most (default 256)");
+  args.Option("temperature", nullptr, &o.temperature, "0 = greedy (default 0.8)");
+  args.Option("top-k", nullptr, &o.top_k, "keep the K most likely tokens, 0 = off (default 40)");
+  args.Option("top-p", nullptr, &o.top_p, "nucleus sampling mass, 1 = off (default 0.95)");
+  args.Option("min-p", nullptr, &o.min_p, "drop tokens below P x the top probability (0.05)");
+  args.Option("repeat-penalty", nullptr, &o.repeat_penalty, "repetition penalty, 1 = off");
+  args.Option("frequency-penalty", nullptr, &o.frequency_penalty, "OpenAI-style, 0 = off");
+  args.Option("presence-penalty", nullptr, &o.presence_penalty, "OpenAI-style, 0 = off");
+  args.Option("seed", nullptr, &o.seed, "random seed (default: random, printed at the end)");
+  args.Option("stop", nullptr, &o.stop, "stop string (repeatable)");
+  args.Option("logprobs", nullptr, &o.logprobs, "alternatives per token to compute (0..20)");
+  args.Option("threads", "t", &o.threads, "CPU threads (default 2)");
+  args.Option("kv-memory-mib", nullptr, &o.kv_memory_mib, "KV cache memory (default 256)");
+  int code = 0;
+  if (!ParseOrExit(args, argc, argv, &code)) return code;
+  o.has_prompt = args.seen("prompt");
+  o.has_chat = args.seen("chat");
+  const absl::Status st = Run(o);
+  if (!st.ok()) {
+    std::fprintf(stderr, "tessera generate: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace tessera::cli
