@@ -630,25 +630,11 @@ absl::StatusOr<GgufByteRange> GgufFile::RowRange(const GgufTensorInfo& t, int64_
 
 absl::StatusOr<QuantMatrix> GgufFile::SubMatrix(const GgufTensorInfo& t, int64_t row0, int64_t rows,
                                                 int64_t col0, int64_t cols) const {
-  absl::StatusOr<GgufByteRange> range = RowRange(t, row0, rows);
-  if (!range.ok()) return range.status();
-  const int64_t be = t.traits->block_elems;
-  if (col0 < 0 || cols < 0 || col0 > t.ne[0] || cols > t.ne[0] - col0) {
-    return absl::OutOfRangeError(absl::StrCat(path_, ": tensor '", t.name, "': columns [", col0,
-                                              ", +", cols, ") are outside its ", t.ne[0],
-                                              " columns"));
+  absl::StatusOr<QuantMatrix> m = SliceMatrix(Matrix(t), row0, rows, col0, cols);
+  if (!m.ok()) {
+    return absl::Status(m.status().code(), absl::StrCat(path_, ": tensor '", t.name, "': ",
+                                                        m.status().message()));
   }
-  if (col0 % be != 0 || cols % be != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path_, ": tensor '", t.name, "': columns [", col0, ", ", col0 + cols, ") do not fall on ",
-        t.traits->name, " block boundaries (every ", be, " elements)"));
-  }
-  QuantMatrix m;
-  m.type = t.type();
-  m.rows = rows;
-  m.cols = cols;
-  m.row_bytes = t.row_bytes;
-  m.data = range->data + col0 / be * t.traits->block_bytes;
   return m;
 }
 
