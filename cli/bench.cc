@@ -54,9 +54,13 @@ absl::Status RunBench(const BenchOptions& o) {
                                                    " exceeds the context length ", c.n_ctx));
   }
 
+  double bandwidth = 0;
+  {
+    // Its own pool, gone before the engine's threads start.
+    ThreadPool bw_pool(static_cast<int>(o.threads));
+    bandwidth = MeasureReadBandwidth(&bw_pool);
+  }
   CpuBackend backend(static_cast<int>(o.threads));
-  ThreadPool bw_pool(static_cast<int>(o.threads));
-  const double bandwidth = MeasureReadBandwidth(&bw_pool);
 
   EngineOptions eo;
   KvLayout kv;
