@@ -10,6 +10,7 @@ namespace tessera::cli {
 int InspectMain(int argc, char** argv);   // tessera inspect MODEL
 int BenchMain(int argc, char** argv);     // tessera bench
 int GenerateMain(int argc, char** argv);  // tessera generate
+int PlanMain(int argc, char** argv);      // tessera plan
 
 // The default model's path: $TESSERA_MODEL_DIR (or ~/.cache/tessera/models) + its file name,
 // where scripts/fetch-model puts it.

@@ -19,6 +19,8 @@ constexpr Command kCommands[] = {
      "describe a GGUF model: architecture, config, tensors and bytes per quant type"},
     {"bench", tessera::cli::BenchMain,
      "time prefill and decode on a model or a synthetic shape, beside the roofline"},
+    {"plan", tessera::cli::PlanMain,
+     "what fits where: bytes per quantization, KV cache, and the TP x PP layout per GPU"},
 };
 
 int Usage(FILE* out) {

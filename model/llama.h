@@ -47,13 +47,13 @@ class ShardHooks {
  public:
   virtual ~ShardHooks() = default;
   // Sums `data` (n floats of backend memory) across the tensor-parallel group, in place.
-  virtual absl::Status AllReduceSum(float* data, int64_t n) { return absl::OkStatus(); }
+  virtual absl::Status AllReduceSum(float* /*data*/, int64_t /*n*/) { return absl::OkStatus(); }
   // Pipeline: fills x (n floats) with the previous stage's hidden states.
-  virtual absl::Status ReceiveHidden(float* x, int64_t n) {
+  virtual absl::Status ReceiveHidden(float* /*x*/, int64_t /*n*/) {
     return absl::FailedPreconditionError("this shard has no previous pipeline stage");
   }
   // Pipeline: hands x to the next stage.
-  virtual absl::Status SendHidden(const float* x, int64_t n) {
+  virtual absl::Status SendHidden(const float* /*x*/, int64_t /*n*/) {
     return absl::FailedPreconditionError("this shard has no next pipeline stage");
   }
   // Vocab-parallel: turns local logits (n_rows, local_vocab) into full ones (n_rows, n_vocab)
