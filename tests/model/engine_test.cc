@@ -11,29 +11,14 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "tests/common/tiny_llama.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "model/weights.h"
 
 namespace tessera {
 namespace {
 
-ModelConfig TinyConfig() {
-  ModelConfig c;
-  c.architecture = "llama";
-  c.name = "tiny";
-  c.n_embd = 64;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 16;
-  c.n_rot = 16;
-  c.n_ff = 128;
-  c.n_vocab = 96;
-  c.n_ctx = 64;
-  c.rope_freq_base = 10000.0f;
-  c.rms_norm_eps = 1e-5f;
-  return c;
-}
+ModelConfig TinyConfig() { return testing_util::TinyLlamaConfig(); }
 
 std::unique_ptr<SyntheticWeights> TinyWeights(GgmlType type = GgmlType::kQ8_0) {
   auto w = SyntheticWeights::Create(TinyConfig(), type, 42);
@@ -155,7 +140,7 @@ TEST(Engine, BadInputIsAClearError) {
 // In-process collectives for `n` ranks running on their own threads.
 class LocalGroup {
  public:
-  explicit LocalGroup(int n) : n_(n), barrier_(n), ptrs_(n) {}
+  explicit LocalGroup(int n) : n_(n), barrier_(n), ptrs_(n), cptrs_(n), widths_(n) {}
   absl::Status AllReduceSum(int rank, float* data, int64_t count) {
     ptrs_[rank] = data;
     barrier_.arrive_and_wait();
@@ -169,8 +154,6 @@ class LocalGroup {
   }
   absl::Status Gather(int rank, const float* local, int64_t rows, int64_t local_cols,
                       int64_t cols, float* full) {
-    cptrs_.resize(n_);
-    widths_.resize(n_);
     cptrs_[rank] = local;
     widths_[rank] = local_cols;
     barrier_.arrive_and_wait();
@@ -184,14 +167,18 @@ class LocalGroup {
     barrier_.arrive_and_wait();
     return absl::OkStatus();
   }
+  // The second barrier keeps the sender from overwriting pipe_ with its next step's hidden
+  // states while the receiver is still copying this one.
   absl::Status Send(const float* x, int64_t n) {
     pipe_.assign(x, x + n);
+    barrier_.arrive_and_wait();
     barrier_.arrive_and_wait();
     return absl::OkStatus();
   }
   absl::Status Receive(float* x, int64_t n) {
     barrier_.arrive_and_wait();
     std::memcpy(x, pipe_.data(), n * sizeof(float));
+    barrier_.arrive_and_wait();
     return absl::OkStatus();
   }
 

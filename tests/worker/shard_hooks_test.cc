@@ -9,6 +9,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/tiny_llama.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "model/engine.h"
 #include "model/weights.h"
@@ -62,24 +63,7 @@ TEST(CommunicatorHooks, WrongVocabWidthsAreAClearError) {
   EXPECT_THAT(s.message(), ::testing::HasSubstr("n_vocab 10"));
 }
 
-// The same tiny llama as tests/model/engine_test.cc.
-ModelConfig TinyConfig() {
-  ModelConfig c;
-  c.architecture = "llama";
-  c.name = "tiny";
-  c.n_embd = 64;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 16;
-  c.n_rot = 16;
-  c.n_ff = 128;
-  c.n_vocab = 96;
-  c.n_ctx = 64;
-  c.rope_freq_base = 10000.0f;
-  c.rms_norm_eps = 1e-5f;
-  return c;
-}
+ModelConfig TinyConfig() { return testing_util::TinyLlamaConfig(); }
 
 EngineOptions SmallKv() {
   EngineOptions opts;
