@@ -31,15 +31,15 @@ class HostBuffer final : public DeviceBuffer {
   std::vector<float> data_;
 };
 
-// Attention's inner loops over head_dim. target_clones compiles each for AVX-512, AVX2 and the
-// baseline and picks one at load time from the CPU's features. The dot product keeps 16
-// independent partial sums combined in a fixed order, so it vectorises without the compiler
-// reassociating anything: the result does not depend on the pointers' alignment, which keeps
-// a sequence's numbers the same whichever batch it runs in.
+// One query head's causal attention over its sequence's paged K/V. target_clones compiles it
+// for AVX-512, AVX2 and the baseline and picks one at load time from the CPU's features (one
+// indirect call per head, not per position). The dot product keeps 16 independent partial sums
+// combined in a fixed order, so it vectorises without the compiler reassociating anything: the
+// result does not depend on pointer alignment, which keeps a sequence's numbers the same
+// whichever batch it runs in.
 constexpr int kLanes = 16;
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) float Dot(const float* a,
-                                                                         const float* b, int n) {
+inline __attribute__((always_inline)) float Dot(const float* a, const float* b, int n) {
   float acc[kLanes] = {};
   int i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -53,10 +53,43 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) float Dot(const flo
   return acc[0];
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void Axpy(float a, const float* x,
-                                                                         float* y, int n) {
+struct HeadAttention {
+  const float* q;        // (head_dim) this query head
+  const float* k_base;   // K of slot 0 for this KV head; slot s at k_base + s * slot_stride
+  const float* v_base;   // likewise for V
+  int64_t slot_stride;   // floats between consecutive slots
+  const int32_t* table;  // the sequence's block table
+  int block_tokens;
+  int ctx;               // attend to positions [0, ctx)
+  int head_dim;
+  float scale;           // 1 / sqrt(head_dim)
+  float* scores;         // (ctx) scratch
+  float* out;            // (head_dim)
+};
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void AttendHead(
+    const HeadAttention& a) {
+  const int hd = a.head_dim;
+  auto slot = [&](int p) {
+    return int64_t{a.table[p / a.block_tokens]} * a.block_tokens + p % a.block_tokens;
+  };
+  float max_score = -std::numeric_limits<float>::infinity();
+  for (int p = 0; p < a.ctx; ++p) {
+    a.scores[p] = Dot(a.q, a.k_base + slot(p) * a.slot_stride, hd) * a.scale;
+    max_score = std::max(max_score, a.scores[p]);
+  }
+  float denom = 0.0f;
+  for (int p = 0; p < a.ctx; ++p) {
+    a.scores[p] = std::exp(a.scores[p] - max_score);
+    denom += a.scores[p];
+  }
+  std::fill(a.out, a.out + hd, 0.0f);
+  for (int p = 0; p < a.ctx; ++p) {
+    const float w = a.scores[p] / denom;
+    const float* v = a.v_base + slot(p) * a.slot_stride;
 #pragma omp simd
-  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+    for (int i = 0; i < hd; ++i) a.out[i] += w * v[i];
+  }
 }
 
 bool SameRope(const RopeParams& a, const RopeParams& b) {
@@ -268,25 +301,20 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
       const int kvh = h / group;
       const std::vector<int32_t>& table = batch.block_table[batch.seq_of_token[t]];
       const int ctx = batch.position[t] + 1;
-      const float* qh = q + (t * n_heads + h) * hd;
       scores.resize(static_cast<size_t>(ctx));
-      float max_score = -std::numeric_limits<float>::infinity();
-      for (int p = 0; p < ctx; ++p) {
-        const int64_t s = int64_t{table[p / L.block_tokens]} * L.block_tokens + p % L.block_tokens;
-        scores[p] = Dot(qh, KvSlot(layer, 0, s) + kvh * hd, hd) * scale;
-        max_score = std::max(max_score, scores[p]);
-      }
-      float denom = 0.0f;
-      for (int p = 0; p < ctx; ++p) {
-        scores[p] = std::exp(scores[p] - max_score);
-        denom += scores[p];
-      }
-      float* oh = out + (t * n_heads + h) * hd;
-      std::fill(oh, oh + hd, 0.0f);
-      for (int p = 0; p < ctx; ++p) {
-        const int64_t s = int64_t{table[p / L.block_tokens]} * L.block_tokens + p % L.block_tokens;
-        Axpy(scores[p] / denom, KvSlot(layer, 1, s) + kvh * hd, oh, hd);
-      }
+      HeadAttention a;
+      a.q = q + (t * n_heads + h) * hd;
+      a.k_base = KvSlot(layer, 0, 0) + kvh * hd;
+      a.v_base = KvSlot(layer, 1, 0) + kvh * hd;
+      a.slot_stride = int64_t{L.n_kv_heads} * hd;
+      a.table = table.data();
+      a.block_tokens = L.block_tokens;
+      a.ctx = ctx;
+      a.head_dim = hd;
+      a.scale = scale;
+      a.scores = scores.data();
+      a.out = out + (t * n_heads + h) * hd;
+      AttendHead(a);
     }
   });
   return absl::OkStatus();
