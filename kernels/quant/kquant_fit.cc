@@ -160,4 +160,18 @@ void PackScaleMinK4(const uint8_t* sc, const uint8_t* m, uint8_t* q) {
   }
 }
 
+void FitSuperBlockK4(const float* x, int nmax, fp16_t* d, fp16_t* dmin, uint8_t* sc, uint8_t* m,
+                     uint8_t* packed) {
+  constexpr int kSub = 32, kNumSub = 8;
+  float scale[kNumSub], min[kNumSub];
+  for (int j = 0; j < kNumSub; ++j) {
+    const ScaleMin f = FitScaleMin(x + kSub * j, kSub, nmax);
+    scale[j] = f.scale;
+    min[j] = f.min;
+  }
+  *d = QuantizeUnsignedScales(scale, kNumSub, 63, sc);
+  *dmin = QuantizeUnsignedScales(min, kNumSub, 63, m);
+  PackScaleMinK4(sc, m, packed);
+}
+
 }  // namespace tessera

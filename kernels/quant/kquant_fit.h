@@ -43,6 +43,12 @@ fp16_t QuantizeSignedScales(const float* v, int n, int cneg, int* c);
 // sc[4 + j] and, in its high nibble, the low nibble of m[4 + j].
 void PackScaleMinK4(const uint8_t* sc, const uint8_t* m, uint8_t* q);
 
+// The scale/min part of a Q4_K / Q5_K super-block: fits each of the 8 sub-blocks of 32
+// (codes 0..nmax), quantizes the 8 scales and 8 mins to 6-bit codes sc[j], m[j] against the
+// fp16 super-scales *d and *dmin, and packs them into the block's 12 scale bytes.
+void FitSuperBlockK4(const float* x, int nmax, fp16_t* d, fp16_t* dmin, uint8_t* sc, uint8_t* m,
+                     uint8_t* packed);
+
 }  // namespace tessera
 
 #endif  // TESSERA_KERNELS_QUANT_KQUANT_FIT_H_

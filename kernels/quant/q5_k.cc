@@ -47,17 +47,9 @@ void QuantizeQ5_KRef(const float* in, void* blocks, int64_t n_elems) {
   auto* bytes = static_cast<uint8_t*>(blocks);
   for (int64_t b = 0; b < n_elems / kQK_K; ++b) {
     const float* x = in + b * kQK_K;
-    float scale[kNumSub], min[kNumSub];
-    for (int j = 0; j < kNumSub; ++j) {
-      const ScaleMin f = FitScaleMin(x + kSub * j, kSub, 31);
-      scale[j] = f.scale;
-      min[j] = f.min;
-    }
     BlockQ5_K blk;
     uint8_t sc[kNumSub], mc[kNumSub];
-    blk.d = QuantizeUnsignedScales(scale, kNumSub, 63, sc);
-    blk.dmin = QuantizeUnsignedScales(min, kNumSub, 63, mc);
-    PackScaleMinK4(sc, mc, blk.scales);
+    FitSuperBlockK4(x, 31, &blk.d, &blk.dmin, sc, mc, blk.scales);
     const float d = Fp16ToFloat(blk.d);
     const float dmin = Fp16ToFloat(blk.dmin);
     std::memset(blk.qs, 0, sizeof blk.qs);
