@@ -8,6 +8,10 @@
 // beyond the last-level cache, so every product streams from memory.
 //
 //   kernel_bench --threads=1,2 --formats=Q4_0,Q4_K,Q8_0 --rows=4096 --cols=14336 --batch=1,8
+//
+// Prefill-shaped A/B of the two batch paths (interleaved, best of N; robust to a busy machine):
+//   kernel_bench --threads=2 --formats=Q4_0 --rows=2048 --cols=8192 --batch=8,16,64,256 \
+//     --ab_reps=7 --min_seconds=0.3 --set_mib=64
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -39,6 +43,9 @@ ABSL_FLAG(std::string, batch, "1,8", "comma-separated activation batch sizes");
 ABSL_FLAG(int64_t, set_mib, 512, "minimum size of each format's weight set (MiB)");
 ABSL_FLAG(int64_t, bandwidth_mib, 1024, "buffer for the read-bandwidth measurement (MiB)");
 ABSL_FLAG(double, min_seconds, 1.0, "minimum timed duration per table row");
+ABSL_FLAG(int, ab_reps, 0,
+          "if > 0: instead of the table, time the row-dot and the tiled (GEMM) path of each "
+          "batch size alternately this many times (--min_seconds each) and print the best of each");
 ABSL_FLAG(std::string, isa, "", "force scalar|avx2|avx512|avx512_vnni (default: best)");
 
 namespace tessera {
@@ -195,6 +202,29 @@ int Main() {
         MakeWeightSet(*traits, rows, cols, absl::GetFlag(FLAGS_set_mib) << 20, &fill_pool);
     for (size_t i = 0; i < threads.size(); ++i) {
       ThreadPool pool(static_cast<int>(threads[i]));
+      if (const int reps = absl::GetFlag(FLAGS_ab_reps); reps > 0) {
+        for (int64_t batch : batches) {
+          MatMulOptions row_dot = options, tiled = options;
+          row_dot.gemm_min_batch = batch + 1;
+          tiled.gemm_min_batch = 1;
+          double best_row_dot = 1e30, best_tiled = 1e30;
+          for (int rep = 0; rep < reps; ++rep) {
+            const double min_s = absl::GetFlag(FLAGS_min_seconds);
+            best_row_dot = std::min(
+                best_row_dot, TimeProducts(set, batch, &pool, row_dot, min_s).seconds_per_product);
+            best_tiled = std::min(
+                best_tiled, TimeProducts(set, batch, &pool, tiled, min_s).seconds_per_product);
+          }
+          const double flop = 2.0 * static_cast<double>(rows * cols * batch);
+          absl::PrintF(
+              "%-6s threads %d batch %4d: row-dot %8.3f ms (%6.1f GFLOP/s), tiled %8.3f ms "
+              "(%6.1f GFLOP/s): %.2fx (best of %d)\n",
+              traits->name, threads[i], batch, best_row_dot * 1e3, flop / best_row_dot / 1e9,
+              best_tiled * 1e3, flop / best_tiled / 1e9, best_row_dot / best_tiled, reps);
+          std::fflush(stdout);
+        }
+        continue;
+      }
       for (int64_t batch : batches) {
         const Timing t = TimeProducts(set, batch, &pool, options, absl::GetFlag(FLAGS_min_seconds));
         const double gbps = static_cast<double>(set.matrix_bytes) / t.seconds_per_product / 1e9;

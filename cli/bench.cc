@@ -1,12 +1,19 @@
 // tessera bench: prefill and decode tokens/s of the engine, beside the decode roofline
-// (measured memory read bandwidth / bytes read per decode step).
+// (measured memory bandwidth / bytes read per decode step).
+//
+// --backend cpu (default): one batch size (--batch), bandwidth = a streaming read over 1 GiB.
+// --backend cuda[:N]: every batch of --batches (default 1,8,32,64) with prefill of -p tokens
+// (default 512) per sequence, bandwidth = a large device-to-device copy measured in the same run
+// (bytes read + written per second).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <random>
 #include <string>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -15,21 +22,36 @@
 #include "model/engine.h"
 #include "model/presets.h"
 #include "model/weights.h"
+#if TESSERA_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 namespace tessera::cli {
 namespace {
 
 struct BenchOptions {
-  std::string model, synthetic, quant = "Q4_0";
-  int64_t layers = 0, prompt = 128, tokens = 32, threads = 2, batch = 1;
+  std::string model, synthetic, quant = "Q4_0", backend = "cpu", batches;
+  int64_t layers = 0, prompt = -1, tokens = 32, threads = 2, batch = 1;
 };
+
+struct BenchFigures {
+  double prefill_tps = 0, decode_tps = 0, roofline_tps = 0, weight_bytes = 0;
+};
+
+// Prefill of `batch` prompts (each its own step) then `tokens` greedy decode steps of all of
+// them, on `backend`; the roofline divides `bandwidth` by the bytes read per decode step.
+absl::StatusOr<BenchFigures> Measure(const WeightSource& weights, Backend* backend,
+                                     int64_t batch, int64_t prompt, int64_t tokens,
+                                     double bandwidth);
 
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
 
+absl::Status RunCudaBench(const BenchOptions& o, const WeightSource& weights);
+
 absl::Status RunBench(const BenchOptions& o) {
-  if (o.prompt < 1 || o.tokens < 1 || o.threads < 1 || o.batch < 1) {
+  if (o.prompt == 0 || o.prompt < -1 || o.tokens < 1 || o.threads < 1 || o.batch < 1) {
     return absl::InvalidArgumentError("-p, -n, -t and --batch must be at least 1");
   }
   OpenedModel opened;
@@ -49,11 +71,7 @@ absl::Status RunBench(const BenchOptions& o) {
     weights = opened.weights.get();
   }
   const ModelConfig& c = weights->config();
-  if (o.prompt + o.tokens > c.n_ctx) {
-    return absl::InvalidArgumentError(absl::StrCat("-p + -n = ", o.prompt + o.tokens,
-                                                   " exceeds the context length ", c.n_ctx));
-  }
-
+  if (o.backend != "cpu") return RunCudaBench(o, *weights);
   double bandwidth = 0;
   {
     // Its own pool, gone before the engine's threads start.
@@ -61,17 +79,43 @@ absl::Status RunBench(const BenchOptions& o) {
     bandwidth = MeasureReadBandwidth(&bw_pool);
   }
   CpuBackend backend(static_cast<int>(o.threads));
+  const int64_t prompt = o.prompt > 0 ? o.prompt : 128;
+  TESSERA_ASSIGN_OR_RETURN(BenchFigures f,
+                           Measure(*weights, &backend, o.batch, prompt, o.tokens, bandwidth));
+  std::printf("model            %s\n", weights->description().c_str());
+  std::printf("backend          %s\n", backend.name().c_str());
+  std::printf("shape            %lld layers, n_embd %lld, weights streamed per step %.1f MiB\n",
+              static_cast<long long>(c.n_layers), static_cast<long long>(c.n_embd),
+              f.weight_bytes / (1 << 20));
+  std::printf("read bandwidth   %.2f GB/s (measured, %lld threads)\n", bandwidth / 1e9,
+              static_cast<long long>(o.threads));
+  std::printf("prefill          %.1f tokens/s  (%lld x %lld tokens)\n", f.prefill_tps,
+              static_cast<long long>(o.batch), static_cast<long long>(prompt));
+  std::printf("decode           %.1f tokens/s  (batch %lld, %lld steps)\n", f.decode_tps,
+              static_cast<long long>(o.batch), static_cast<long long>(o.tokens));
+  std::printf("decode roofline  %.1f tokens/s  -> %.0f%% of roofline\n", f.roofline_tps,
+              100.0 * f.decode_tps / f.roofline_tps);
+  return absl::OkStatus();
+}
 
+absl::StatusOr<BenchFigures> Measure(const WeightSource& weights, Backend* backend,
+                                     int64_t batch, int64_t prompt, int64_t tokens,
+                                     double bandwidth) {
+  const ModelConfig& c = weights.config();
+  if (prompt + tokens > c.n_ctx) {
+    return absl::InvalidArgumentError(absl::StrCat("-p + -n = ", prompt + tokens,
+                                                   " exceeds the context length ", c.n_ctx));
+  }
   EngineOptions eo;
   KvLayout kv;
   kv.n_layers = static_cast<int>(c.n_layers);
   kv.n_kv_heads = static_cast<int>(c.n_kv_heads);
   kv.head_dim = static_cast<int>(c.head_dim);
   kv.block_tokens = eo.kv_block_tokens;
-  kv.n_blocks = o.batch * ((o.prompt + o.tokens + kv.block_tokens - 1) / kv.block_tokens);
+  kv.n_blocks = batch * ((prompt + tokens + kv.block_tokens - 1) / kv.block_tokens);
   eo.kv_budget_bytes = kv.bytes();
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
-                           Engine::Create(*weights, ModelShard::Whole(c), &backend, nullptr, eo));
+                           Engine::Create(weights, ModelShard::Whole(c), backend, nullptr, eo));
 
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(c.n_vocab - 1));
@@ -79,20 +123,21 @@ absl::Status RunBench(const BenchOptions& o) {
 
   // Prefill: each sequence's prompt as one step.
   auto start = std::chrono::steady_clock::now();
-  for (int64_t b = 0; b < o.batch; ++b) {
-    StepInput in{static_cast<SeqId>(b), std::vector<int32_t>(o.prompt), true};
+  for (int64_t b = 0; b < batch; ++b) {
+    StepInput in{static_cast<SeqId>(b), std::vector<int32_t>(prompt), true};
     for (int32_t& t : in.tokens) t = token(rng);
     TESSERA_RETURN_IF_ERROR(engine->Step({in}, &logits));
   }
   const double prefill_s = Seconds(start);
 
-  // Decode: every step advances all sequences by one token.
-  std::vector<StepInput> step(static_cast<size_t>(o.batch));
-  for (int64_t b = 0; b < o.batch; ++b) step[b] = {static_cast<SeqId>(b), {token(rng)}, true};
+  // Decode: every step advances all sequences by one token (Step returns host logits, so each
+  // step's time includes the device finishing it).
+  std::vector<StepInput> step(static_cast<size_t>(batch));
+  for (int64_t b = 0; b < batch; ++b) step[b] = {static_cast<SeqId>(b), {token(rng)}, true};
   start = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < o.tokens; ++i) {
+  for (int64_t i = 0; i < tokens; ++i) {
     TESSERA_RETURN_IF_ERROR(engine->Step(step, &logits));
-    for (int64_t b = 0; b < o.batch; ++b) {
+    for (int64_t b = 0; b < batch; ++b) {
       step[b].tokens[0] = static_cast<int32_t>(
           std::max_element(logits.begin() + b * c.n_vocab, logits.begin() + (b + 1) * c.n_vocab) -
           (logits.begin() + b * c.n_vocab));
@@ -102,28 +147,68 @@ absl::Status RunBench(const BenchOptions& o) {
 
   // Bytes read per decode step: every weight once, plus each sequence's K and V so far
   // (float32, at the average context of the run).
-  const double weight_bytes = static_cast<double>(engine->model().weight_bytes());
-  const double avg_ctx = o.prompt + o.tokens / 2.0;
+  BenchFigures f;
+  f.weight_bytes = static_cast<double>(engine->model().weight_bytes());
+  const double avg_ctx = prompt + tokens / 2.0;
   const double kv_bytes =
-      o.batch * avg_ctx * 2.0 * c.n_layers * c.kv_dim() * static_cast<double>(sizeof(float));
-  const double roofline_tps = o.batch * bandwidth / (weight_bytes + kv_bytes);
-  const double decode_tps = o.batch * o.tokens / decode_s;
-  const double prefill_tps = o.batch * o.prompt / prefill_s;
+      batch * avg_ctx * 2.0 * c.n_layers * c.kv_dim() * static_cast<double>(sizeof(float));
+  f.roofline_tps = batch * bandwidth / (f.weight_bytes + kv_bytes);
+  f.decode_tps = batch * tokens / decode_s;
+  f.prefill_tps = batch * prompt / prefill_s;
+  return f;
+}
 
-  std::printf("model            %s\n", weights->description().c_str());
-  std::printf("backend          %s\n", backend.name().c_str());
-  std::printf("shape            %lld layers, n_embd %lld, weights streamed per step %.1f MiB\n",
-              static_cast<long long>(c.n_layers), static_cast<long long>(c.n_embd),
-              weight_bytes / (1 << 20));
-  std::printf("read bandwidth   %.2f GB/s (measured, %lld threads)\n", bandwidth / 1e9,
-              static_cast<long long>(o.threads));
-  std::printf("prefill          %.1f tokens/s  (%lld x %lld tokens)\n", prefill_tps,
-              static_cast<long long>(o.batch), static_cast<long long>(o.prompt));
-  std::printf("decode           %.1f tokens/s  (batch %lld, %lld steps)\n", decode_tps,
-              static_cast<long long>(o.batch), static_cast<long long>(o.tokens));
-  std::printf("decode roofline  %.1f tokens/s  -> %.0f%% of roofline\n", roofline_tps,
-              100.0 * decode_tps / roofline_tps);
+absl::Status RunCudaBench(const BenchOptions& o, const WeightSource& weights) {
+#if TESSERA_HAVE_CUDA
+  int device = 0;
+  if (o.backend != "cuda" &&
+      !(o.backend.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(o.backend.substr(5), &device))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--backend '", o.backend, "': expected cpu, cuda or cuda:N"));
+  }
+  std::vector<int64_t> batches;
+  for (absl::string_view part :
+       absl::StrSplit(o.batches.empty() ? std::string("1,8,32,64") : o.batches, ',')) {
+    int64_t b = 0;
+    if (!absl::SimpleAtoi(part, &b) || b < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--batches: '", part, "' is not a positive integer"));
+    }
+    batches.push_back(b);
+  }
+  const int64_t prompt = o.prompt > 0 ? o.prompt : 512;
+  const ModelConfig& c = weights.config();
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> backend, CudaBackend::Create(device));
+  TESSERA_ASSIGN_OR_RETURN(const double bandwidth, backend->MeasureCopyBandwidth());
+  std::printf("model            %s\n", weights.description().c_str());
+  std::printf("backend          %s\n", backend->name().c_str());
+  std::printf("copy bandwidth   %.1f GB/s (device-to-device cudaMemcpy of 1 GiB, read + write)\n",
+              bandwidth / 1e9);
+  std::printf("%-6s %14s %14s %14s %9s  (prefill %lld tokens per sequence, %lld decode steps)\n",
+              "batch", "prefill tok/s", "decode tok/s", "roofline", "% roof",
+              static_cast<long long>(prompt), static_cast<long long>(o.tokens));
+  for (const int64_t batch : batches) {
+    // A fresh engine per batch size (its KV cache sized for it; weights uploaded again).
+    TESSERA_ASSIGN_OR_RETURN(BenchFigures f,
+                             Measure(weights, backend.get(), batch, prompt, o.tokens, bandwidth));
+    std::printf("%-6lld %14.1f %14.1f %14.1f %8.0f%%\n", static_cast<long long>(batch),
+                f.prefill_tps, f.decode_tps, f.roofline_tps, 100.0 * f.decode_tps / f.roofline_tps);
+    std::fflush(stdout);
+  }
+  TESSERA_ASSIGN_OR_RETURN(VramUsage vram, backend->Vram());
+  std::printf("vram             %.2f GiB total, %.2f GiB free; this run: weights %.2f GiB, "
+              "KV %.2f GiB, workspace %.2f GiB\n",
+              vram.total_bytes / 1073741824.0, vram.free_bytes / 1073741824.0,
+              vram.weights_bytes / 1073741824.0, vram.kv_cache_bytes / 1073741824.0,
+              vram.workspace_bytes / 1073741824.0);
+  std::printf("shape            %lld layers, n_embd %lld\n", static_cast<long long>(c.n_layers),
+              static_cast<long long>(c.n_embd));
   return absl::OkStatus();
+#else
+  (void)weights;
+  return absl::FailedPreconditionError(absl::StrCat(
+      "--backend ", o.backend, ": this build has no CUDA (nvcc was not found at configure time)"));
+#endif
 }
 
 }  // namespace
@@ -137,10 +222,14 @@ int BenchMain(int argc, char** argv) {
               "llama2-7b, llama2-13b, llama3-8b, llama3-70b, llama3-405b");
   args.Option("quant", nullptr, &o.quant, "weight type of --synthetic (default Q4_0)");
   args.Option("layers", nullptr, &o.layers, "build only the first N layers of --synthetic");
-  args.Option("prompt", "p", &o.prompt, "prompt tokens per sequence (default 128)");
+  args.Option("prompt", "p", &o.prompt,
+              "prompt tokens per sequence (default 128 on cpu, 512 on cuda)");
   args.Option("tokens", "n", &o.tokens, "decode steps (default 32)");
   args.Option("threads", "t", &o.threads, "CPU threads (default 2)");
-  args.Option("batch", nullptr, &o.batch, "concurrent sequences (default 1)");
+  args.Option("batch", nullptr, &o.batch, "concurrent sequences (default 1; cpu backend)");
+  args.Option("backend", nullptr, &o.backend, "cpu (default), cuda or cuda:N");
+  args.Option("batches", nullptr, &o.batches,
+              "comma-separated batch sizes for the cuda backend (default 1,8,32,64)");
   int code = 0;
   if (!ParseOrExit(args, argc, argv, &code)) return code;
   const absl::Status s = RunBench(o);

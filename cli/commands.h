@@ -11,6 +11,10 @@ int InspectMain(int argc, char** argv);   // tessera inspect MODEL
 int BenchMain(int argc, char** argv);     // tessera bench
 int GenerateMain(int argc, char** argv);  // tessera generate
 int PlanMain(int argc, char** argv);      // tessera plan
+int CoordinatorMain(int argc, char** argv);  // tessera coordinator
+int ServeMain(int argc, char** argv);        // tessera serve
+int LoadtestMain(int argc, char** argv);     // tessera loadtest
+int WorkerMain(int argc, char** argv);       // tessera worker
 
 // The default model's path: $TESSERA_MODEL_DIR (or ~/.cache/tessera/models) + its file name,
 // where scripts/fetch-model puts it.

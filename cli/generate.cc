@@ -1,5 +1,6 @@
-// tessera generate: one completion of a prompt or a chat message on the local CPU engine,
-// streamed to stdout; timing to stderr.
+// tessera generate: one completion of a prompt or a chat message, streamed to stdout with its
+// timing on stderr: on the local CPU engine, or with --server ADDR from a coordinator over gRPC
+// (the same prompt, sampling and stop flags; the model is the server's).
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -7,8 +8,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/grpc_client.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/status_macros.h"
 #include "model/chat_template.h"
@@ -30,7 +33,8 @@ std::string DefaultModelPath() {
 namespace {
 
 struct GenerateOptions {
-  std::string model, prompt, chat, system;
+  std::string model, prompt, chat, system, server;
+  double timeout_s = 600;
   int64_t max_tokens = 256, threads = 2, top_k = 40, seed = -1, logprobs = 0;
   int64_t kv_memory_mib = 256;
   double temperature = 0.8, top_p = 0.95, min_p = 0.05, repeat_penalty = 1.0;
@@ -108,12 +112,91 @@ absl::Status Run(const GenerateOptions& o) {
   return absl::OkStatus();
 }
 
+
+// --server: the same request over gRPC. The seed is picked here when not given, so that it can
+// be printed like the in-process run prints it.
+absl::Status RunRemote(const GenerateOptions& o) {
+  if (o.has_prompt == o.has_chat) {
+    return absl::InvalidArgumentError("give exactly one of -p PROMPT or --chat MESSAGE");
+  }
+  if (o.max_tokens < 0 || o.max_tokens > UINT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-tokens ", o.max_tokens,
+                                                   " is out of range"));
+  }
+  if (o.logprobs < 0 || o.logprobs > UINT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("--logprobs ", o.logprobs, " is out of range"));
+  }
+  if (!(o.timeout_s > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("--timeout ", o.timeout_s, " must be > 0"));
+  }
+  v1::GenerateRequest req;
+  if (o.has_chat) {
+    if (!o.system.empty()) {
+      v1::ChatMessage* m = req.mutable_chat()->add_messages();
+      m->set_role("system");
+      m->set_content(o.system);
+    }
+    v1::ChatMessage* m = req.mutable_chat()->add_messages();
+    m->set_role("user");
+    m->set_content(o.chat);
+  } else {
+    req.set_prompt(o.prompt);
+  }
+  const uint64_t seed = o.seed >= 0 ? static_cast<uint64_t>(o.seed) : std::random_device()();
+  v1::SamplingParams* s = req.mutable_sampling();
+  s->set_temperature(static_cast<float>(o.temperature));
+  s->set_top_k(static_cast<int32_t>(o.top_k));
+  s->set_top_p(static_cast<float>(o.top_p));
+  s->set_min_p(static_cast<float>(o.min_p));
+  s->set_repetition_penalty(static_cast<float>(o.repeat_penalty));
+  s->set_frequency_penalty(static_cast<float>(o.frequency_penalty));
+  s->set_presence_penalty(static_cast<float>(o.presence_penalty));
+  s->set_seed(seed);
+  req.set_max_tokens(static_cast<uint32_t>(o.max_tokens));
+  for (const std::string& stop : o.stop) req.add_stop(stop);
+  req.set_logprobs(static_cast<uint32_t>(o.logprobs));
+
+  std::shared_ptr<grpc::Channel> channel = DialTessera(o.server);
+  std::unique_ptr<v1::Tessera::Stub> stub = v1::Tessera::NewStub(channel);
+  StreamTiming t;
+  const grpc::Status st = StreamGenerate(
+      *stub, req, absl::Seconds(o.timeout_s),
+      [](const v1::GenerateResponse& m) {
+        std::fwrite(m.text().data(), 1, m.text().size(), stdout);
+        std::fflush(stdout);
+      },
+      &t);
+  if (!st.ok()) {
+    if (t.tokens > 0) std::printf("\n");
+    return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
+                        absl::StrCat(o.server, ": ", StatusCodeName(st.error_code()), ": ",
+                                     st.error_message()));
+  }
+  std::printf("\n");
+  const v1::Usage& u = t.last.usage();
+  const int64_t n = u.generated_tokens();
+  const double decode_s = t.total_s - t.ttft_s;
+  std::fprintf(stderr,
+               "\nprompt tokens %u, generated tokens %lld (finish: %s), seed %llu\n"
+               "time to first token %.1f ms (server: %.1f ms), decode %.1f tokens/s "
+               "(server %s)\n",
+               u.prompt_tokens(), static_cast<long long>(n),
+               FinishReasonText(t.last.finish_reason()).c_str(),
+               static_cast<unsigned long long>(seed), t.ttft_s * 1e3,
+               u.time_to_first_token_s() * 1e3, n > 1 && decode_s > 0 ? (n - 1) / decode_s : 0.0,
+               o.server.c_str());
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int GenerateMain(int argc, char** argv) {
   GenerateOptions o;
   Args args("generate", "Generates text from a prompt or answers a chat message, streaming it.");
   args.Option("model", "m", &o.model, "GGUF model (default: the model of scripts/fetch-model)");
+  args.Option("server", nullptr, &o.server,
+              "HOST:PORT of a coordinator (tessera serve/coordinator): generate there");
+  args.Option("timeout", nullptr, &o.timeout_s, "with --server: deadline in seconds (600)");
   args.Option("prompt", "p", &o.prompt, "raw prompt to continue");
   args.Option("chat", nullptr, &o.chat, "a user message, formatted with the model's chat template");
   args.Option("system", nullptr, &o.system, "system message for --chat");
@@ -134,7 +217,12 @@ int GenerateMain(int argc, char** argv) {
   if (!ParseOrExit(args, argc, argv, &code)) return code;
   o.has_prompt = args.seen("prompt");
   o.has_chat = args.seen("chat");
-  const absl::Status st = Run(o);
+  if (args.seen("server") && args.seen("model")) {
+    std::fprintf(stderr, "tessera generate: --model and --server exclude each other (the server "
+                         "serves its own model)\n");
+    return 2;
+  }
+  const absl::Status st = args.seen("server") ? RunRemote(o) : Run(o);
   if (!st.ok()) {
     std::fprintf(stderr, "tessera generate: %s\n", std::string(st.message()).c_str());
     return 1;

@@ -21,6 +21,14 @@ constexpr Command kCommands[] = {
      "time prefill and decode on a model or a synthetic shape, beside the roofline"},
     {"plan", tessera::cli::PlanMain,
      "what fits where: bytes per quantization, KV cache, and the TP x PP layout per GPU"},
+    {"serve", tessera::cli::ServeMain,
+     "a local cluster: the coordinator and TP x PP x R worker processes on loopback"},
+    {"coordinator", tessera::cli::CoordinatorMain,
+     "the coordinator of a cluster: public gRPC API, workers attach to it"},
+    {"worker", tessera::cli::WorkerMain,
+     "one worker of a cluster: attaches to a coordinator, loads its shard, runs steps"},
+    {"loadtest", tessera::cli::LoadtestMain,
+     "load on a coordinator: throughput, time to first token, inter-token latency"},
 };
 
 int Usage(FILE* out) {

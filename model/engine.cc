@@ -7,12 +7,14 @@
 
 namespace tessera {
 
-absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const WeightSource& weights,
-                                                       const ModelShard& shard, Backend* backend,
-                                                       ShardHooks* hooks,
-                                                       const EngineOptions& options) {
-  const ModelConfig& c = weights.config();
+absl::StatusOr<int64_t> Engine::KvBlockCapacity(const ModelConfig& c, const ModelShard& shard,
+                                                const EngineOptions& options) {
   TESSERA_RETURN_IF_ERROR(shard.Validate(c));
+  if (options.kv_block_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV block size must be at least 1 token, got ", options.kv_block_tokens));
+  }
+  if (options.kv_blocks > 0) return options.kv_blocks;
   KvLayout layout;
   layout.n_layers = static_cast<int>(shard.layer_end - shard.layer_begin);
   layout.n_kv_heads = static_cast<int>(shard.kv_head_end - shard.kv_head_begin);
@@ -25,6 +27,15 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const WeightSource& weigh
         "KV cache budget of ", options.kv_budget_bytes, " bytes holds no block of ",
         options.kv_block_tokens, " tokens (", layout.bytes(), " bytes each)"));
   }
+  return n_blocks;
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const WeightSource& weights,
+                                                       const ModelShard& shard, Backend* backend,
+                                                       ShardHooks* hooks,
+                                                       const EngineOptions& options) {
+  TESSERA_ASSIGN_OR_RETURN(int64_t n_blocks,
+                           KvBlockCapacity(weights.config(), shard, options));
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
                            LlamaModel::Create(weights, shard, backend, hooks, n_blocks,
                                               options.kv_block_tokens));

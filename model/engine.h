@@ -25,6 +25,9 @@ namespace tessera {
 struct EngineOptions {
   int64_t kv_budget_bytes = int64_t{256} << 20;  // memory for the KV cache
   int kv_block_tokens = 16;
+  // > 0: exactly this many KV blocks (the budget is ignored). The cluster sets it so that every
+  // rank of a group holds the same number of blocks.
+  int64_t kv_blocks = 0;
 };
 
 // One sequence's part of a step: append `tokens` to sequence `id` (new ids start empty).
@@ -40,6 +43,12 @@ class Engine {
                                                         const ModelShard& shard,
                                                         Backend* backend, ShardHooks* hooks,
                                                         const EngineOptions& options);
+
+  // KV blocks `options` give a shard of this config (options.kv_blocks if set, else what the
+  // budget holds); an error if that is not at least one.
+  static absl::StatusOr<int64_t> KvBlockCapacity(const ModelConfig& config,
+                                                 const ModelShard& shard,
+                                                 const EngineOptions& options);
 
   const ModelConfig& config() const { return model_->config(); }
   LlamaModel& model() { return *model_; }

@@ -225,6 +225,13 @@ void Sampler::ApplyPenalties(absl::Span<const float> logits, std::vector<float>&
   }
 }
 
+absl::Status Sampler::ReplayGeneratedToken(int32_t id) {
+  absl::Status added = AddGeneratedToken(id);
+  if (!added.ok()) return added;
+  if (params_.temperature != 0.0f) rng_.NextDouble();  // Draw() takes exactly one per sample
+  return absl::OkStatus();
+}
+
 absl::StatusOr<SampledToken> Sampler::Sample(absl::Span<const float> raw) {
   if (raw.size() != static_cast<size_t>(vocab_size_)) {
     return absl::InvalidArgumentError(

@@ -106,6 +106,11 @@ class Sampler {
   // the frequency/presence counts exactly as a sampled token would.
   absl::Status AddGeneratedToken(int32_t id);
 
+  // Records a token this sampler generated before its state was lost (a sequence recomputed
+  // after preemption): like AddGeneratedToken, and it also consumes the random draw Sample()
+  // made for it, so later samples are the ones an uninterrupted run would draw.
+  absl::Status ReplayGeneratedToken(int32_t id);
+
   // Picks the next token from `logits` (length vocab_size) and records it as generated.
   // InvalidArgument if the length is wrong, a logit is NaN or +inf, or every logit is -inf.
   // -inf logits are allowed and mean "never pick this token".

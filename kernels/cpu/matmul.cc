@@ -11,6 +11,7 @@
 #include "kernels/cpu/act_quant.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/dot_kernels.h"
+#include "kernels/cpu/gemm_kernels.h"
 #include "kernels/quant/types.h"
 
 namespace tessera {
@@ -30,6 +31,20 @@ RowDotFn FindRowDot(GgmlType type, CpuIsa isa) {
   if (fn == nullptr && isa != CpuIsa::kScalar) fn = Avx2RowDot(type);
   if (fn == nullptr) fn = ScalarRowDot(type);
   return fn;
+}
+
+// Tiled kernel for `type` on `isa`, or nullptr (scalar, or a type without one).
+GemmRowsFn FindGemmRows(GgmlType type, CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kAvx512Vnni:
+      return Avx512VnniGemmRows(type);
+    case CpuIsa::kAvx512:
+    case CpuIsa::kAvx2:
+      return Avx2GemmRows(type);
+    case CpuIsa::kScalar:
+      return nullptr;
+  }
+  return nullptr;
 }
 
 void QuantizeActivations(ActFormat format, bool avx2, const float* x, int64_t n_batch, int64_t cols,
@@ -125,19 +140,29 @@ absl::Status MatMulQ(const QuantMatrix& w, const float* x, int64_t n_batch, floa
   }
 
   const RowDotFn dot = FindRowDot(w.type, options.isa);
+  const GemmRowsFn gemm =
+      n_batch >= options.gemm_min_batch ? FindGemmRows(w.type, options.isa) : nullptr;
   const ActFormat format = ActFormatFor(w.type);
   const int64_t act_stride = ActRowBytes(format, w.cols);
+  const int64_t n_blocks = w.cols / traits->block_elems;
   const uint8_t* act = reinterpret_cast<const uint8_t*>(x);
+  const uint8_t* panels = nullptr;
   if (format != ActFormat::kFloat) {
-    // 64 spare bytes to start the rows on a cache line (aligned vector loads, no line splits).
-    scratch->activations.resize(static_cast<size_t>(n_batch * act_stride + 64));
+    // 64 spare bytes to start the rows on a cache line (aligned vector loads, no line splits);
+    // the tiled path's panels follow the rows (a multiple of 64 bytes).
+    const int64_t panel_bytes = gemm != nullptr ? GemmPanelBytes(n_batch, n_blocks) : 0;
+    scratch->activations.resize(static_cast<size_t>(n_batch * act_stride + panel_bytes + 64));
     uint8_t* base = scratch->activations.data();
     base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
     QuantizeActivations(format, options.isa != CpuIsa::kScalar, x, n_batch, w.cols, base);
     act = base;
+    if (gemm != nullptr) {
+      uint8_t* packed = base + n_batch * act_stride;
+      PackGemmPanels(act, act_stride, n_batch, n_blocks, packed);
+      panels = packed;
+    }
   }
 
-  const int64_t n_blocks = w.cols / traits->block_elems;
   const int64_t tile_rows = std::max<int64_t>(1, kTileWeightBytes / *row_bytes);
   const int64_t rows = w.rows;
   // Rows are handed out in contiguous chunks from a shared counter rather than as one fixed
@@ -154,6 +179,10 @@ absl::Status MatMulQ(const QuantMatrix& w, const float* x, int64_t n_batch, floa
       const int64_t begin = next_row.fetch_add(chunk_rows, std::memory_order_relaxed);
       if (begin >= rows) return;
       const int64_t end = std::min(rows, begin + chunk_rows);
+      if (gemm != nullptr) {
+        gemm(w.row(0), w.row_bytes, begin, end, n_blocks, panels, n_batch, y, rows);
+        continue;
+      }
       for (int64_t r0 = begin; r0 < end; r0 += tile_rows) {
         const int64_t r1 = std::min(end, r0 + tile_rows);
         for (int64_t b = 0; b < n_batch; b += kMaxActRows) {

@@ -45,8 +45,15 @@ struct MatMulScratch {
   std::vector<uint8_t> activations;
 };
 
+// Batches of at least this many activation rows use the register-tiled kernels
+// (kernels/cpu/gemm_kernels.h) where the ISA and weight type have them; smaller ones the
+// row-dot kernels. Zen 4, 2 threads, 2048 x 8192 (kernel_bench --ab_reps): the tiled path
+// is 0.8x the row-dot one at batch 8, ~1.05-1.3x at 12, 1.3-1.45x at 14, 2.3-3.2x at 64-256.
+inline constexpr int64_t kDefaultGemmMinBatch = 12;
+
 struct MatMulOptions {
   CpuIsa isa;  // defaults to DetectCpuIsa()
+  int64_t gemm_min_batch = kDefaultGemmMinBatch;  // tests and benchmarks may move the switch
   MatMulOptions();
 };
 

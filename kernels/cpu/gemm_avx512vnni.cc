@@ -1,0 +1,127 @@
+// AVX-512 VNNI tiled kernels (gemm_kernels.h) for the 32-element block formats: 512-bit
+// vectors, one per 16-row activation panel; tiles of 4 weight rows x 2 panels (8 int32 block
+// accumulators + 8 float sums in registers).
+//
+// Trick: vpdpbusd multiplies the panel's unsigned bytes (activation + 128) by the broadcast
+// signed weight codes and adds groups of four into the 16 lanes, one lane per activation row,
+// exactly; seeding each block's accumulator with -128 * sum(codes) removes the bias. Every
+// weight code here is in [-128, 127] (Q4/Q5 codes 0..31, Q8_0 its int8 values).
+#include <immintrin.h>
+
+#include <cstddef>
+
+#include "kernels/cpu/gemm_kernels.h"
+#include "kernels/cpu/gemm_x86.h"
+#include "kernels/cpu/simd_x86.h"
+#include "kernels/quant/q4.h"
+#include "kernels/quant/q5.h"
+#include "kernels/quant/q8.h"
+
+namespace tessera {
+namespace {
+
+struct Ops512 {
+  using I = __m512i;
+  using F = __m512;
+  static constexpr int kVecs = 1;
+  static constexpr bool kBiased = true;
+  static I LoadA(const uint8_t* p) { return _mm512_load_si512(p); }
+  static I Bcast(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+  }
+  static I Dot(I acc, I a, I w) { return _mm512_dpbusd_epi32(acc, a, w); }
+  static I ZeroI() { return _mm512_setzero_si512(); }
+  static I SetI(int32_t v) { return _mm512_set1_epi32(v); }
+  static F ZeroF() { return _mm512_setzero_ps(); }
+  static F SetF(float v) { return _mm512_set1_ps(v); }
+  static F LoadF(const float* p) { return _mm512_load_ps(p); }
+  static void StoreF(float* p, F v) { _mm512_store_ps(p, v); }
+  // The masked form: the plain intrinsic's undefined pass-through makes GCC 12 warn.
+  static F Cvt(I v) { return _mm512_maskz_cvtepi32_ps(0xFFFF, v); }
+  static F Mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F Add(F a, F b) { return _mm512_add_ps(a, b); }
+  // GCC implements the intrinsics as vector arithmetic and may fuse a product into a following
+  // add (-ffp-contract=fast); an empty asm makes the product an opaque rounded value.
+  static F Opaque(F v) {
+    __asm__("" : "+v"(v));
+    return v;
+  }
+};
+
+// 16 bytes of nibbles -> 32 codes in element order (low nibbles, then high).
+inline __m256i Nibbles(const uint8_t* qs) {
+  const __m256i v = _mm256_broadcastsi128_si256(Load128(qs));
+  const __m256i shifted =
+      _mm256_srlv_epi16(v, _mm256_setr_epi64x(0, 0, 0x0004000400040004, 0x0004000400040004));
+  return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F));
+}
+
+// Q5: bit j of qh adds 16 to element j.
+inline __m256i Codes5(const uint8_t* qs, const uint8_t* qh) {
+  const __m256i nib = Nibbles(qs);
+  return _mm256_mask_add_epi8(nib, _cvtu32_mask32(LoadU32(qh)), nib, _mm256_set1_epi8(0x10));
+}
+
+struct Q4_0 {
+  static constexpr int kBytes = sizeof(BlockQ4_0);
+  static constexpr bool kOffset = true, kSignedCodes = false;
+  static __m256i Codes(const uint8_t* b) { return Nibbles(b + offsetof(BlockQ4_0, qs)); }
+  static float Off(const uint8_t*, float d) { return -8.0f * d; }
+};
+
+struct Q4_1 {
+  static constexpr int kBytes = sizeof(BlockQ4_1);
+  static constexpr bool kOffset = true, kSignedCodes = false;
+  static __m256i Codes(const uint8_t* b) { return Nibbles(b + offsetof(BlockQ4_1, qs)); }
+  static float Off(const uint8_t* b, float) { return LoadFp16(b + offsetof(BlockQ4_1, m)); }
+};
+
+struct Q5_0 {
+  static constexpr int kBytes = sizeof(BlockQ5_0);
+  static constexpr bool kOffset = true, kSignedCodes = false;
+  static __m256i Codes(const uint8_t* b) {
+    return Codes5(b + offsetof(BlockQ5_0, qs), b + offsetof(BlockQ5_0, qh));
+  }
+  static float Off(const uint8_t*, float d) { return -16.0f * d; }
+};
+
+struct Q5_1 {
+  static constexpr int kBytes = sizeof(BlockQ5_1);
+  static constexpr bool kOffset = true, kSignedCodes = false;
+  static __m256i Codes(const uint8_t* b) {
+    return Codes5(b + offsetof(BlockQ5_1, qs), b + offsetof(BlockQ5_1, qh));
+  }
+  static float Off(const uint8_t* b, float) { return LoadFp16(b + offsetof(BlockQ5_1, m)); }
+};
+
+struct Q8_0 {
+  static constexpr int kBytes = sizeof(BlockQ8_0);
+  static constexpr bool kOffset = false, kSignedCodes = true;
+  static __m256i Codes(const uint8_t* b) { return Load256(b + offsetof(BlockQ8_0, qs)); }
+  static float Off(const uint8_t*, float) { return 0.0f; }
+};
+
+constexpr int kRows = 4, kPanels = 2;
+
+}  // namespace
+
+GemmRowsFn Avx512VnniGemmRows(GgmlType type) {
+  switch (type) {
+    case GgmlType::kQ4_0:
+      return GemmRows<Ops512, Q4_0, kRows, kPanels>;
+    case GgmlType::kQ4_1:
+      return GemmRows<Ops512, Q4_1, kRows, kPanels>;
+    case GgmlType::kQ5_0:
+      return GemmRows<Ops512, Q5_0, kRows, kPanels>;
+    case GgmlType::kQ5_1:
+      return GemmRows<Ops512, Q5_1, kRows, kPanels>;
+    case GgmlType::kQ8_0:
+      return GemmRows<Ops512, Q8_0, kRows, kPanels>;
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace tessera

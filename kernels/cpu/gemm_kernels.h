@@ -1,0 +1,54 @@
+// The register-tiled path of MatMulQ (kernels/cpu/matmul.h) for batches of activation rows:
+// prefill and large decode batches, where the product is compute-bound.
+//
+// Layout. The quantized activation rows (ActRow32, act_quant.h) are repacked once per call into
+// panels of kGemmPanelRows = 16 rows. Per 32-element block a panel holds
+//   8 groups x 64 bytes: group g, lane j = bytes a_j[4g .. 4g + 3] + 128 (unsigned)
+//   16 floats d_j, 16 floats ds_j                      (ActRow32's scales, one per lane)
+// = kGemmPanelBlockBytes, so one 512-bit load gives four consecutive activation codes of 16
+// rows, and a 32-bit weight code group broadcast to all lanes multiplies them with one vpdpbusd
+// (unsigned activations x signed weight codes). Padding rows are zeros (d = ds = 0).
+// The weights are read as stored (no repacking at load time): a thread decodes a few weight
+// rows at a time into int8 codes plus per-block scales in a small per-thread buffer, then runs
+// every activation panel over them, so each weight block is decoded once per call.
+//
+// Numerics: the integer block sums are exact (the +128 bias comes back as -128 * sum of the
+// block's codes, which seeds the accumulator), and each output element is accumulated in
+// exactly the scalar kernel's order (dot_scalar.cc):
+//   sum += ((d_w * d_a) * float(q . a)) + off_w * ds          for blocks 0, 1, ..., in order
+// with no fused multiply-adds. So the result of one (weight row, activation row) pair does not
+// depend on the batch size, the row's position in the batch, the tile, or the thread count,
+// and equals the scalar small-batch kernel's bit for bit.
+#ifndef TESSERA_KERNELS_CPU_GEMM_KERNELS_H_
+#define TESSERA_KERNELS_CPU_GEMM_KERNELS_H_
+
+#include <cstdint>
+
+#include "kernels/quant/types.h"
+
+namespace tessera {
+
+inline constexpr int kGemmPanelRows = 16;
+inline constexpr int64_t kGemmPanelBlockBytes = 8 * 64 + 2 * 16 * 4;  // 640
+
+// Bytes of the packed panels for n_batch rows of n_blocks blocks (64-byte multiple).
+int64_t GemmPanelBytes(int64_t n_batch, int64_t n_blocks);
+
+// Repacks n_batch quantized rows (ActRow32 rows act_stride bytes apart) into panels (64-byte
+// aligned, GemmPanelBytes bytes). Portable code; runs once per call.
+void PackGemmPanels(const uint8_t* act, int64_t act_stride, int64_t n_batch, int64_t n_blocks,
+                    uint8_t* panels);
+
+// Computes y[b * y_stride + r] for weight rows r in [row_begin, row_end) and every b < n_batch.
+// w_row(r) = w + r * w_stride. Uses a thread-local decode buffer (thread-safe across threads).
+using GemmRowsFn = void (*)(const uint8_t* w, int64_t w_stride, int64_t row_begin,
+                            int64_t row_end, int64_t n_blocks, const uint8_t* panels,
+                            int64_t n_batch, float* y, int64_t y_stride);
+
+// nullptr where that ISA has no tiled kernel for `type` (the caller keeps the row-dot path).
+GemmRowsFn Avx512VnniGemmRows(GgmlType type);
+GemmRowsFn Avx2GemmRows(GgmlType type);
+
+}  // namespace tessera
+
+#endif  // TESSERA_KERNELS_CPU_GEMM_KERNELS_H_

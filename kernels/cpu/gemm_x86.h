@@ -1,0 +1,180 @@
+// The tiled GEMM loops shared by gemm_avx512vnni.cc and gemm_avx2.cc (layout and numerics:
+// gemm_kernels.h). Internal linkage on purpose, like simd_x86.h: each including file
+// instantiates them with its own ISA flags.
+//
+// Ops (one vector width on one ISA) provides:
+//   I, F                 int32 / float vectors; kVecs of them cover a 16-row panel
+//   kBiased              whether Dot multiplies the biased (+128) activation codes, so that the
+//                        accumulator starts at -128 * sum(codes) of the weight block
+//   LoadA(p), Bcast(p)   64 / (32 kVecs) bytes of panel codes; one 32-bit weight group to all lanes
+//   Dot(acc, a, w)       acc + per-lane sum of 4 products of a's bytes with w's bytes (exact)
+//   ZeroI, SetI, ZeroF, SetF, LoadF, StoreF, Cvt, Mul, Add, Opaque (blocks FMA contraction)
+// Fmt (a weight format on one ISA) provides:
+//   kBytes, kOffset (whether off_w can be nonzero), kSignedCodes,
+//   Codes(block) -> 32 codes as bytes in element order, Off(block, d) -> off_w
+// as in dot_scalar.cc: w = d * code + off_w.
+#ifndef TESSERA_KERNELS_CPU_GEMM_X86_H_
+#define TESSERA_KERNELS_CPU_GEMM_X86_H_
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/gemm_kernels.h"
+#include "kernels/cpu/simd_x86.h"
+
+namespace tessera {
+namespace {  // NOLINT(build/namespaces): see simd_x86.h
+
+// A decoded weight row: codes[32 n_blocks] int8 | bias[n_blocks] int32 (-128 * block code sum)
+// | d[n_blocks] float | off[n_blocks] float.
+struct DecodedRow {
+  const int8_t* codes;
+  const int32_t* bias;
+  const float* d;
+  const float* off;
+};
+
+inline int64_t DecodedRowBytes(int64_t n_blocks) { return (n_blocks * 44 + 63) / 64 * 64; }
+
+inline DecodedRow ViewDecodedRow(const uint8_t* p, int64_t n_blocks) {
+  return {reinterpret_cast<const int8_t*>(p), reinterpret_cast<const int32_t*>(p + 32 * n_blocks),
+          reinterpret_cast<const float*>(p + 36 * n_blocks),
+          reinterpret_cast<const float*>(p + 40 * n_blocks)};
+}
+
+template <typename Fmt>
+void DecodeRow(const uint8_t* w, int64_t n_blocks, uint8_t* out) {
+  auto* bias = reinterpret_cast<int32_t*>(out + 32 * n_blocks);
+  auto* d = reinterpret_cast<float*>(out + 36 * n_blocks);
+  auto* off = reinterpret_cast<float*>(out + 40 * n_blocks);
+  for (int64_t k = 0; k < n_blocks; ++k) {
+    const uint8_t* blk = w + k * Fmt::kBytes;
+    const __m256i codes = Fmt::Codes(blk);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 32 * k), codes);
+    // Sum of the codes: vpsadbw against zero sums unsigned bytes; signed codes are biased first.
+    const __m256i u = Fmt::kSignedCodes
+                          ? _mm256_xor_si256(codes, _mm256_set1_epi8(static_cast<char>(0x80)))
+                          : codes;
+    const __m256i sad = _mm256_sad_epu8(u, _mm256_setzero_si256());
+    const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
+    int32_t sum = static_cast<int32_t>(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1));
+    if (Fmt::kSignedCodes) sum -= 32 * 128;
+    bias[k] = -128 * sum;
+    d[k] = LoadFp16(blk);  // every 32-element format stores d first
+    off[k] = Fmt::Off(blk, d[k]);
+  }
+}
+
+// One MR x (16 NP) tile: MR decoded weight rows against NP panels, over all blocks.
+// out[(r * NP + p) * 16 + lane].
+template <typename Ops, typename Fmt, int MR, int NP>
+void GemmTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blocks, float* out) {
+  using I = typename Ops::I;
+  using F = typename Ops::F;
+  constexpr int V = Ops::kVecs;
+  constexpr int kLaneBytes = 64 / V;  // code bytes of one vector of one group
+  F acc[MR][NP][V];
+  for (int r = 0; r < MR; ++r)
+    for (int p = 0; p < NP; ++p)
+      for (int v = 0; v < V; ++v) acc[r][p][v] = Ops::ZeroF();
+  for (int64_t k = 0; k < n_blocks; ++k) {
+    const uint8_t* pb[NP];
+    for (int p = 0; p < NP; ++p) pb[p] = panel[p] + k * kGemmPanelBlockBytes;
+    I is[MR][NP][V];
+    for (int r = 0; r < MR; ++r) {
+      const I seed = Ops::kBiased ? Ops::SetI(rows[r].bias[k]) : Ops::ZeroI();
+      for (int p = 0; p < NP; ++p)
+        for (int v = 0; v < V; ++v) is[r][p][v] = seed;
+    }
+    for (int g = 0; g < 8; ++g) {
+      I a[NP][V];
+      for (int p = 0; p < NP; ++p)
+        for (int v = 0; v < V; ++v) a[p][v] = Ops::LoadA(pb[p] + 64 * g + kLaneBytes * v);
+      for (int r = 0; r < MR; ++r) {
+        const I w = Ops::Bcast(rows[r].codes + 32 * k + 4 * g);
+        for (int p = 0; p < NP; ++p)
+          for (int v = 0; v < V; ++v) is[r][p][v] = Ops::Dot(is[r][p][v], a[p][v], w);
+      }
+    }
+    // The scalar kernel's float steps, lane by lane: ((d_w * d_a) * dot + off_w * ds) + sum.
+    for (int p = 0; p < NP; ++p) {
+      for (int v = 0; v < V; ++v) {
+        const F da = Ops::LoadF(reinterpret_cast<const float*>(pb[p] + 512) + 16 / V * v);
+        const F ds = Ops::LoadF(reinterpret_cast<const float*>(pb[p] + 576) + 16 / V * v);
+        for (int r = 0; r < MR; ++r) {
+          F t = Ops::Opaque(Ops::Mul(Ops::Mul(Ops::SetF(rows[r].d[k]), da), Ops::Cvt(is[r][p][v])));
+          if constexpr (Fmt::kOffset) {
+            t = Ops::Add(t, Ops::Opaque(Ops::Mul(Ops::SetF(rows[r].off[k]), ds)));
+          }
+          // Without an offset the scalar kernel adds off * ds = +-0, which changes nothing:
+          // t + 0 differs from t only for t = -0, and sum + -0 == sum + 0 since sum starts at
+          // +0 and a round-to-nearest sum is -0 only when both terms are.
+          acc[r][p][v] = Ops::Add(acc[r][p][v], t);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int p = 0; p < NP; ++p)
+      for (int v = 0; v < V; ++v) Ops::StoreF(out + (r * NP + p) * 16 + 16 / V * v, acc[r][p][v]);
+}
+
+// The tile function for mr <= MR rows and np <= NP panels (edge tiles are smaller tiles, not
+// padded ones, so no work is wasted on rows that do not exist).
+template <typename Ops, typename Fmt, int MR, int NP>
+auto SelectTile(int mr, int np) -> void (*)(const DecodedRow*, const uint8_t* const*, int64_t,
+                                            float*) {
+  if constexpr (MR > 1) {
+    if (mr < MR) return SelectTile<Ops, Fmt, MR - 1, NP>(mr, np);
+  }
+  if constexpr (NP > 1) {
+    if (np < NP) return SelectTile<Ops, Fmt, MR, NP - 1>(mr, np);
+  }
+  return GemmTile<Ops, Fmt, MR, NP>;
+}
+
+// GemmRowsFn (gemm_kernels.h). Weight rows are taken MR at a time: decoded once into the
+// thread's buffer (a few KiB per row, stays in L1/L2), then every panel pair passes over them.
+template <typename Ops, typename Fmt, int MR, int NP>
+void GemmRows(const uint8_t* w, int64_t w_stride, int64_t row_begin, int64_t row_end,
+              int64_t n_blocks, const uint8_t* panels, int64_t n_batch, float* y,
+              int64_t y_stride) {
+  thread_local std::vector<uint8_t> buffer;
+  const int64_t dec_bytes = DecodedRowBytes(n_blocks);
+  buffer.resize(static_cast<size_t>(MR * dec_bytes + 64));
+  uint8_t* dec = buffer.data();
+  dec += (64 - reinterpret_cast<uintptr_t>(dec) % 64) % 64;
+  const int64_t n_panels = (n_batch + kGemmPanelRows - 1) / kGemmPanelRows;
+  alignas(64) float out[MR * NP * 16];
+  DecodedRow rows[MR];
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += MR) {
+    const int mr = static_cast<int>(std::min<int64_t>(MR, row_end - r0));
+    for (int i = 0; i < mr; ++i) {
+      DecodeRow<Fmt>(w + (r0 + i) * w_stride, n_blocks, dec + i * dec_bytes);
+      rows[i] = ViewDecodedRow(dec + i * dec_bytes, n_blocks);
+    }
+    for (int64_t p0 = 0; p0 < n_panels; p0 += NP) {
+      const int np = static_cast<int>(std::min<int64_t>(NP, n_panels - p0));
+      const uint8_t* panel[NP];
+      for (int p = 0; p < np; ++p) panel[p] = panels + (p0 + p) * n_blocks * kGemmPanelBlockBytes;
+      SelectTile<Ops, Fmt, MR, NP>(mr, np)(rows, panel, n_blocks, out);
+      for (int i = 0; i < mr; ++i) {
+        for (int p = 0; p < np; ++p) {
+          const int64_t b0 = (p0 + p) * kGemmPanelRows;
+          const int lanes = static_cast<int>(std::min<int64_t>(kGemmPanelRows, n_batch - b0));
+          const float* o = out + (i * np + p) * 16;
+          for (int j = 0; j < lanes; ++j) y[(b0 + j) * y_stride + r0 + i] = o[j];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tessera
+
+#endif  // TESSERA_KERNELS_CPU_GEMM_X86_H_
