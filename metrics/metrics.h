@@ -66,7 +66,7 @@ class CoordinatorMetrics {
   void RequestDuration(double s);
   void QueueWait(double s);
   // Gauges per replica: tessera_waiting_requests{replica}, tessera_running_sequences{replica},
-  // tessera_kv_cache_blocks_used{replica}, tessera_kv_cache_blocks_total{replica},
+  // tessera_kv_cache_blocks_used{replica}, tessera_kv_cache_capacity_blocks{replica},
   // tessera_replica_ready{replica} (1/0).
   void SetQueue(int replica, int64_t waiting, int64_t running);
   void SetKvBlocks(int replica, int64_t used, int64_t total);

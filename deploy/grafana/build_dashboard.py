@@ -121,7 +121,7 @@ def build():
         "type": "stat", "title": "KV cache in use", "datasource": DS,
         "description": "Share of the KV-cache blocks in use, all selected replicas.",
         "targets": [target(f"sum(tessera_kv_cache_blocks_used{{{JR}}}) / "
-                           f"sum(tessera_kv_cache_blocks_total{{{JR}}})", "KV", "A")],
+                           f"sum(tessera_kv_cache_capacity_blocks{{{JR}}})", "KV", "A")],
         "fieldConfig": {"defaults": {"unit": "percentunit", "min": 0, "max": 1,
                                      "thresholds": {"mode": "absolute", "steps": [
                                          {"color": "green", "value": None},
@@ -180,7 +180,7 @@ def build():
         "KV-cache usage", "KV-cache blocks in use and in total, per replica (the coordinator "
         "admits a request only when its blocks are free).",
         [(f"sum by (replica) (tessera_kv_cache_blocks_used{{{JR}}})", "used r{{replica}}"),
-         (f"sum by (replica) (tessera_kv_cache_blocks_total{{{JR}}})", "total r{{replica}}")],
+         (f"sum by (replica) (tessera_kv_cache_capacity_blocks{{{JR}}})", "total r{{replica}}")],
         "short", minimum=0,
         overrides=[{"matcher": {"id": "byRegexp", "options": "total.*"},
                     "properties": [{"id": "custom.lineStyle",

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "kernels/cuda/cublas_loader.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/quant/types.h"
@@ -126,10 +127,11 @@ absl::Status CudaBackend::Init() {
   cudaStream_t stream = nullptr;
   TESSERA_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   stream_ = stream;
+  TESSERA_ASSIGN_OR_RETURN(const cuda::CublasApi* cublas, cuda::Cublas());
   cublasHandle_t handle = nullptr;
-  TESSERA_CUBLAS_RETURN_IF_ERROR(cublasCreate(&handle));
+  TESSERA_CUBLAS_RETURN_IF_ERROR(cublas->create(&handle));
   cublas_ = handle;
-  TESSERA_CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas_, stream_));
+  TESSERA_CUBLAS_RETURN_IF_ERROR(cublas->set_stream(cublas_, stream_));
   return absl::OkStatus();
 }
 
@@ -140,7 +142,7 @@ CudaBackend::~CudaBackend() {
                      &gemm_x_}) {
     s->block.reset();
   }
-  if (cublas_ != nullptr) cublasDestroy(cublas_);
+  if (cublas_ != nullptr) (*cuda::Cublas())->destroy(cublas_);  // loaded: cublas_ exists
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
@@ -404,7 +406,7 @@ absl::Status CudaBackend::GemmF16(const QuantMatrix& m, const float* x, int64_t 
         static_cast<uint32_t>(m.type), m.data, m.cols, m.row_bytes, r0, n,
         static_cast<uint16_t*>(w16), stream_));
     // Column-major view: Y^T[r0:r0+n, :] (n x T, ld rows) = W16^T (n x cols) * X^T (cols x T).
-    TESSERA_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(
+    TESSERA_CUBLAS_RETURN_IF_ERROR((*cuda::Cublas())->gemm_ex(
         cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(n_tokens),
         static_cast<int>(m.cols), &alpha, w16, CUDA_R_16F, static_cast<int>(m.cols), x16,
         CUDA_R_16F, static_cast<int>(m.cols), &beta, y + r0, CUDA_R_32F,

@@ -1,6 +1,7 @@
 #include "kernels/cuda/cuda_check.h"
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/cublas_loader.h"
 
 namespace tessera {
 
@@ -26,9 +27,11 @@ absl::Status CudaError(cudaError_t error, const char* call, const char* file, in
 }
 
 absl::Status CublasError(cublasStatus_t status, const char* call, const char* file, int line) {
+  // Only reached after a call through the loaded API, so Cublas() is loaded here.
+  const cuda::CublasApi* api = *cuda::Cublas();
   const std::string message =
-      absl::StrCat(file, ":", line, ": ", call, " failed: ", cublasGetStatusName(status), " (",
-                   cublasGetStatusString(status), ")");
+      absl::StrCat(file, ":", line, ": ", call, " failed: ", api->status_name(status), " (",
+                   api->status_string(status), ")");
   if (status == CUBLAS_STATUS_ALLOC_FAILED) return absl::ResourceExhaustedError(message);
   if (status == CUBLAS_STATUS_NOT_INITIALIZED) return absl::FailedPreconditionError(message);
   if (status == CUBLAS_STATUS_INVALID_VALUE) return absl::InvalidArgumentError(message);

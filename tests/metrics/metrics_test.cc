@@ -87,7 +87,7 @@ TEST(MetricsTest, CoordinatorFamiliesAreExposedWithTheirValues) {
   EXPECT_EQ(Sample(text, "tessera_waiting_requests{replica=\"0\"}"), 4);
   EXPECT_EQ(Sample(text, "tessera_running_sequences{replica=\"0\"}"), 2);
   EXPECT_EQ(Sample(text, "tessera_kv_cache_blocks_used{replica=\"0\"}"), 10);
-  EXPECT_EQ(Sample(text, "tessera_kv_cache_blocks_total{replica=\"0\"}"), 100);
+  EXPECT_EQ(Sample(text, "tessera_kv_cache_capacity_blocks{replica=\"0\"}"), 100);
   EXPECT_EQ(Sample(text, "tessera_replica_ready{replica=\"0\"}"), 1);
   EXPECT_EQ(Sample(text,
                    "tessera_step_duration_seconds_count{phase=\"prefill\",replica=\"0\"}"),
@@ -125,7 +125,8 @@ TEST(MetricsTest, EveryExportedNameIsRegisteredAndNamedByTheConventions) {
       ASSERT_EQ(parts.size(), 4u) << line;
       if (!absl::StartsWith(parts[2], "tessera_")) continue;  // the exporter's own
       typed.insert(parts[2]);
-      if (parts[3] == "counter") EXPECT_TRUE(absl::EndsWith(parts[2], "_total")) << line;
+      // Prometheus naming (and promtool): counters end in _total, nothing else does.
+      EXPECT_EQ(parts[3] == "counter", absl::EndsWith(parts[2], "_total")) << line;
     }
   }
   for (const std::string& name : ExportedMetricNames()) {

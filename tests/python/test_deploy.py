@@ -185,7 +185,7 @@ class Dashboard(unittest.TestCase):
                        "tessera_requests_total", "tessera_time_to_first_token_seconds_bucket",
                        "tessera_inter_token_latency_seconds_bucket", "tessera_waiting_requests",
                        "tessera_running_sequences", "tessera_batch_sequences_sum",
-                       "tessera_kv_cache_blocks_used", "tessera_kv_cache_blocks_total",
+                       "tessera_kv_cache_blocks_used", "tessera_kv_cache_capacity_blocks",
                        "tessera_device_memory_bytes", "tessera_device_memory_total_bytes",
                        "tessera_worker_up", "tessera_step_duration_seconds_bucket", "up"]:
             self.assertIn(family, used, f"no panel shows {family}")

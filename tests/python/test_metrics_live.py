@@ -83,7 +83,7 @@ class LiveMetrics(unittest.TestCase):
                 # Each of the two workers reports its weight bytes (> 0), labelled by rank.
                 ranks = {m["metric"].get("rank") for m in memory if float(m["value"][1]) > 0}
                 self.assertGreaterEqual(len(ranks), 2, memory)
-                kv = query("tessera_kv_cache_blocks_total")
+                kv = query("tessera_kv_cache_capacity_blocks")
                 self.assertTrue(kv and float(kv[0]["value"][1]) > 0, kv)
             finally:
                 prom.terminate()
