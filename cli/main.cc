@@ -33,7 +33,7 @@ constexpr Command kCommands[] = {
 
 int Usage(FILE* out) {
   std::fprintf(out, "usage: tessera <command> [options]\n\ncommands:\n");
-  for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.help);
+  for (const Command& c : kCommands) std::fprintf(out, "  %-11s %s\n", c.name, c.help);
   std::fprintf(out, "\n`tessera <command> --help` describes a command's options.\n");
   return out == stdout ? 0 : 2;
 }
