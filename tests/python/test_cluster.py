@@ -33,19 +33,33 @@ N_TOKENS = 24
 
 def in_process_greedy(prompt, n):
     r = subprocess.run([TESSERA, "generate", "-m", MODEL, "-p", prompt, "--temperature", "0",
-                        "-n", str(n), "-t", "2"], capture_output=True, text=True, timeout=300)
+                        "-n", str(n), "-t", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.endswith("\n"), repr(r.stdout)  # generate ends its output with a newline
     return r.stdout[:-1]
 
 
+_logprobs_cache = {}
+
+
 def single_process_logprobs(ids, *flags):
-    """Single-process log-softmax after every token of `ids`, (len(ids), vocab), float64."""
+    """Single-process log-softmax after every token of `ids`, (len(ids), vocab), float64.
+
+    Cached: the TP layouts mostly generate the same tokens, and the exact (float64-weight) pass
+    is the slowest part of this file. One thread: ctest runs two tests at once on two cores.
+    """
+    key = (tuple(ids), flags)
+    if key not in _logprobs_cache:
+        _logprobs_cache[key] = _single_process_logprobs(ids, *flags)
+    return _logprobs_cache[key]
+
+
+def _single_process_logprobs(ids, *flags):
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "logits.f32")
         r = subprocess.run([os.path.join(BIN, "tests", "engine_tool"), MODEL, out,
-                            ",".join(map(str, ids)), *flags], capture_output=True, text=True,
-                           timeout=300)
+                            ",".join(map(str, ids)), "--threads", "1", *flags],
+                           capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         x = np.fromfile(out, dtype=np.float32).reshape(len(ids), -1).astype(np.float64)
         x -= x.max(axis=1, keepdims=True)
