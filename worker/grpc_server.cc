@@ -18,6 +18,13 @@ absl::StatusOr<GrpcServer> StartGrpcServer(const std::string& address,
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &out.port);
   // Generate streams and worker Attach streams are long-lived; let many run at once.
   builder.SetMaxReceiveMessageSize(64 << 20);
+  // Keepalive: a peer whose host vanishes without closing the connection (power loss, network
+  // partition) fails its streams within ~30 s instead of holding them open. Clients (workers
+  // attach with 20 s pings) may ping as often as every 10 s without being told to calm down.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   for (grpc::Service* s : services) builder.RegisterService(s);
   out.server = builder.BuildAndStart();
   if (out.server == nullptr || out.port == 0) {
