@@ -5,10 +5,9 @@
 // the int8 activations by vpmaddubsw (unsigned x signed -> int16 pairs, which never saturate
 // here: codes <= 128, activations in [-127, 127]) and vpmaddwd (-> int32), giving exactly the
 // scalar kernel's integer block sum; Q8_0's signed codes use |w| and sign(w) * a (vpsignb),
-// whose product is w * a. The float side (row_dot_x86.h) is the scalar kernel's
-// d_w * d_a * (q . a) + offset * ds per block, with 8 blocks' scales computed at once; only
-// the order of the float additions differs from dot_scalar.cc.
-//
+// whose product is w * a. The float side (row_dot_x86.h) is the canonical order of
+// dot_kernels.h with 8 blocks per vector step, so results equal dot_scalar.cc's bit for bit.
+// The float formats follow their canonical order too (dot_scalar.cc emulates this kernel).
 #include <immintrin.h>
 
 #include <cstddef>
@@ -130,7 +129,7 @@ void RowDotFloat(const uint8_t* w, int64_t n, const uint8_t* act, int64_t act_st
   }
   for (int b = 0; b < NA; ++b) {
     float sum = HorizontalSum(_mm256_add_ps(acc0[b], acc1[b]));
-    for (int64_t k = i; k < n; ++k) sum += F::Load1(w + k * F::kBytes) * x[b][k];
+    for (int64_t k = i; k < n; ++k) sum = sum + Rounded(F::Load1(w + k * F::kBytes) * x[b][k]);
     y[b * y_stride] = sum;
   }
 }

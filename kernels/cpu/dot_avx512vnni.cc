@@ -3,11 +3,10 @@
 //
 // Trick: vpdpbusd multiplies unsigned bytes by signed bytes and adds groups of four into int32
 // lanes in one instruction, without the int16 saturation of vpmaddubsw, so the block's integer
-// dot product is exact for any codes 0..255. Q8_0 therefore feeds w + 128 (w xor 0x80) as the
-// unsigned operand and takes the bias back once per block: sum (w + 128) a - 128 sum a =
-// sum w a (the -128 d_w * ds offset term, like Q4_0's -8). Q5's fifth bits are added to the
-// nibbles with a byte mask straight from the 32-bit qh (vpaddb under mask). The float side is
-// row_dot_x86.h's, shared with AVX2, so results equal the scalar kernel's up to float order.
+// dot product is exact for any codes 0..255. Q8_0's signed codes use the AVX2 kernel's
+// |w| * (sign(w) * a). Q5's fifth bits are added to the nibbles with a byte mask straight from
+// the 32-bit qh (vpaddb under mask). The float side is row_dot_x86.h's, shared with AVX2: the
+// integer block dots are the same, so results equal the AVX2 and scalar kernels' bit for bit.
 #include <immintrin.h>
 
 #include <cstddef>
@@ -77,16 +76,17 @@ struct Q5_1 {
   static __m256i Dot(__m256i codes, const int8_t* a) { return DotVnni(codes, a); }
 };
 
-// Codes w + 128 (w xor 0x80) are unsigned; the bias comes back as -128 * d * ds.
+// w * a = |w| * (sign(w) * a), as in the AVX2 kernel: |w| <= 128 is a valid unsigned operand
+// and vpdpbusd does not saturate, so the block's integer dot is exact and no offset is needed.
 struct Q8_0 {
   static constexpr int kBytes = sizeof(BlockQ8_0);
-  static constexpr float kOffsetFactor = -128.0f;
-  static constexpr int kOffsetField = offsetof(BlockQ8_0, d);
-  static __m256i Codes(const uint8_t* b) {
-    return _mm256_xor_si256(Load256(b + offsetof(BlockQ8_0, qs)),
-                            _mm256_set1_epi8(static_cast<char>(0x80)));
+  static constexpr float kOffsetFactor = 0.0f;
+  static constexpr int kOffsetField = 0;
+  static __m256i Codes(const uint8_t* b) { return Load256(b + offsetof(BlockQ8_0, qs)); }
+  static __m256i Dot(__m256i codes, const int8_t* a) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(codes, codes),
+                               _mm256_sign_epi8(Load256(a), codes));
   }
-  static __m256i Dot(__m256i codes, const int8_t* a) { return DotVnni(codes, a); }
 };
 
 }  // namespace

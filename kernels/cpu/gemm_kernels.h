@@ -13,12 +13,11 @@
 // every activation panel over them, so each weight block is decoded once per call.
 //
 // Numerics: the integer block sums are exact (the +128 bias comes back as -128 * sum of the
-// block's codes, which seeds the accumulator), and each output element is accumulated in
-// exactly the scalar kernel's order (dot_scalar.cc):
-//   sum += ((d_w * d_a) * float(q . a)) + off_w * ds          for blocks 0, 1, ..., in order
-// with no fused multiply-adds. So the result of one (weight row, activation row) pair does not
-// depend on the batch size, the row's position in the batch, the tile, or the thread count,
-// and equals the scalar small-batch kernel's bit for bit.
+// block's codes, which seeds the accumulator), and each output element is summed in the
+// canonical order of dot_kernels.h (the scalar and row-dot kernels' order), with no fused
+// multiply-adds. So the result of one (weight row, activation row) pair does not depend on the
+// batch size, the row's position in the batch, the tile, the thread count, or on whether this
+// path or the row-dot one runs.
 #ifndef TESSERA_KERNELS_CPU_GEMM_KERNELS_H_
 #define TESSERA_KERNELS_CPU_GEMM_KERNELS_H_
 

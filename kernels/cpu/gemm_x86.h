@@ -23,6 +23,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/dot_kernels.h"
 #include "kernels/cpu/gemm_kernels.h"
 #include "kernels/cpu/simd_x86.h"
 
@@ -69,7 +70,10 @@ void DecodeRow(const uint8_t* w, int64_t n_blocks, uint8_t* out) {
   }
 }
 
-// One MR x (16 NP) tile: MR decoded weight rows against NP panels, over all blocks.
+// One MR x (16 NP) tile: MR decoded weight rows against NP panels, over all blocks, in the
+// canonical order of dot_kernels.h: chain by chain (blocks c, c + 8, c + 16, ... into fresh
+// accumulators), each chain's sums parked in `chains`, and CombineChains applied lane by lane at
+// the end. The strided block order costs little: the decoded rows and the panels are in cache.
 // out[(r * NP + p) * 16 + lane].
 template <typename Ops, typename Fmt, int MR, int NP>
 void GemmTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blocks, float* out) {
@@ -77,50 +81,59 @@ void GemmTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blo
   using F = typename Ops::F;
   constexpr int V = Ops::kVecs;
   constexpr int kLaneBytes = 64 / V;  // code bytes of one vector of one group
-  F acc[MR][NP][V];
-  for (int r = 0; r < MR; ++r)
-    for (int p = 0; p < NP; ++p)
-      for (int v = 0; v < V; ++v) acc[r][p][v] = Ops::ZeroF();
-  for (int64_t k = 0; k < n_blocks; ++k) {
-    const uint8_t* pb[NP];
-    for (int p = 0; p < NP; ++p) pb[p] = panel[p] + k * kGemmPanelBlockBytes;
-    I is[MR][NP][V];
-    for (int r = 0; r < MR; ++r) {
-      const I seed = Ops::kBiased ? Ops::SetI(rows[r].bias[k]) : Ops::ZeroI();
+  constexpr int kTileFloats = MR * NP * 16;
+  alignas(64) float chains[kSumChains][kTileFloats];
+  for (int c = 0; c < kSumChains; ++c) {
+    F acc[MR][NP][V];
+    for (int r = 0; r < MR; ++r)
       for (int p = 0; p < NP; ++p)
-        for (int v = 0; v < V; ++v) is[r][p][v] = seed;
-    }
-    for (int g = 0; g < 8; ++g) {
-      I a[NP][V];
-      for (int p = 0; p < NP; ++p)
-        for (int v = 0; v < V; ++v) a[p][v] = Ops::LoadA(pb[p] + 64 * g + kLaneBytes * v);
+        for (int v = 0; v < V; ++v) acc[r][p][v] = Ops::ZeroF();
+    for (int64_t k = c; k < n_blocks; k += kSumChains) {
+      const uint8_t* pb[NP];
+      for (int p = 0; p < NP; ++p) pb[p] = panel[p] + k * kGemmPanelBlockBytes;
+      I is[MR][NP][V];
       for (int r = 0; r < MR; ++r) {
-        const I w = Ops::Bcast(rows[r].codes + 32 * k + 4 * g);
+        const I seed = Ops::kBiased ? Ops::SetI(rows[r].bias[k]) : Ops::ZeroI();
         for (int p = 0; p < NP; ++p)
-          for (int v = 0; v < V; ++v) is[r][p][v] = Ops::Dot(is[r][p][v], a[p][v], w);
+          for (int v = 0; v < V; ++v) is[r][p][v] = seed;
       }
-    }
-    // The scalar kernel's float steps, lane by lane: ((d_w * d_a) * dot + off_w * ds) + sum.
-    for (int p = 0; p < NP; ++p) {
-      for (int v = 0; v < V; ++v) {
-        const F da = Ops::LoadF(reinterpret_cast<const float*>(pb[p] + 512) + 16 / V * v);
-        const F ds = Ops::LoadF(reinterpret_cast<const float*>(pb[p] + 576) + 16 / V * v);
+      for (int g = 0; g < 8; ++g) {
+        I a[NP][V];
+        for (int p = 0; p < NP; ++p)
+          for (int v = 0; v < V; ++v) a[p][v] = Ops::LoadA(pb[p] + 64 * g + kLaneBytes * v);
         for (int r = 0; r < MR; ++r) {
-          F t = Ops::Opaque(Ops::Mul(Ops::Mul(Ops::SetF(rows[r].d[k]), da), Ops::Cvt(is[r][p][v])));
-          if constexpr (Fmt::kOffset) {
-            t = Ops::Add(t, Ops::Opaque(Ops::Mul(Ops::SetF(rows[r].off[k]), ds)));
+          const I w = Ops::Bcast(rows[r].codes + 32 * k + 4 * g);
+          for (int p = 0; p < NP; ++p)
+            for (int v = 0; v < V; ++v) is[r][p][v] = Ops::Dot(is[r][p][v], a[p][v], w);
+        }
+      }
+      // The canonical term, lane by lane: t = ((d_w * d_a) * dot) + off_w * ds.
+      for (int p = 0; p < NP; ++p) {
+        for (int v = 0; v < V; ++v) {
+          const F da = Ops::LoadF(reinterpret_cast<const float*>(pb[p] + 512) + 16 / V * v);
+          const F ds = Ops::LoadF(reinterpret_cast<const float*>(pb[p] + 576) + 16 / V * v);
+          for (int r = 0; r < MR; ++r) {
+            F t = Ops::Opaque(
+                Ops::Mul(Ops::Mul(Ops::SetF(rows[r].d[k]), da), Ops::Cvt(is[r][p][v])));
+            if constexpr (Fmt::kOffset) {
+              t = Ops::Add(t, Ops::Opaque(Ops::Mul(Ops::SetF(rows[r].off[k]), ds)));
+            }
+            acc[r][p][v] = Ops::Add(acc[r][p][v], t);
           }
-          // Without an offset the scalar kernel adds off * ds = +-0, which changes nothing:
-          // t + 0 differs from t only for t = -0, and sum + -0 == sum + 0 since sum starts at
-          // +0 and a round-to-nearest sum is -0 only when both terms are.
-          acc[r][p][v] = Ops::Add(acc[r][p][v], t);
         }
       }
     }
+    for (int r = 0; r < MR; ++r)
+      for (int p = 0; p < NP; ++p)
+        for (int v = 0; v < V; ++v)
+          Ops::StoreF(chains[c] + (r * NP + p) * 16 + 16 / V * v, acc[r][p][v]);
   }
-  for (int r = 0; r < MR; ++r)
-    for (int p = 0; p < NP; ++p)
-      for (int v = 0; v < V; ++v) Ops::StoreF(out + (r * NP + p) * 16 + 16 / V * v, acc[r][p][v]);
+  for (int i = 0; i < kTileFloats; i += 16 / V) {
+    auto at = [&](int c) { return Ops::LoadF(chains[c] + i); };
+    const F sum = Ops::Add(Ops::Add(Ops::Add(at(0), at(4)), Ops::Add(at(2), at(6))),
+                           Ops::Add(Ops::Add(at(1), at(5)), Ops::Add(at(3), at(7))));
+    Ops::StoreF(out + i, sum);
+  }
 }
 
 // The tile function for mr <= MR rows and np <= NP panels (edge tiles are smaller tiles, not

@@ -10,9 +10,10 @@
 // widens to int32, accumulated exactly as the scalar kernel's sum_j sc_j * dot_j. Offsets that
 // do not depend on the element (Q3_K's -4 and Q6_K's -32 left out of the codes, the mins of
 // Q2_K/Q4_K/Q5_K) are applied once per super-block from the activations' per-16 sums: e.g.
-// sum_j sc_j * (q - 32) . a = sum_j sc_j * (q . a) - 32 * sum_j sc_j * bsum_j. The float work
-// is one or two multiply-adds per super-block, as in kquants_scalar.cc; only the order of
-// float additions differs.
+// sum_j sc_j * (q - 32) . a = sum_j sc_j * (q . a) - 32 * sum_j sc_j * bsum_j. The lanes are
+// then summed as integers, so each super-block yields the scalar kernel's exact sumi and summ,
+// and its float term is the canonical one of dot_kernels.h (KTerm): equal to
+// kquants_scalar.cc bit for bit.
 #ifndef TESSERA_KERNELS_CPU_KQUANTS_X86_H_
 #define TESSERA_KERNELS_CPU_KQUANTS_X86_H_
 
@@ -64,8 +65,16 @@ inline __m128i ScalesQ3_K(const uint8_t* packed) {
   return _mm_sub_epi8(s, _mm_set1_epi8(32));
 }
 
-// One super-block of one format against NA activation rows: adds the float contribution of
-// each row to acc[b] (8 lanes whose sum is the dot product).
+// The canonical term of one super-block (dot_kernels.h): products rounded, no fused
+// multiply-add. Formats without mins leave the second product out (x - (+0) == x).
+template <bool kMins>
+inline float KTerm(float d, float dmin, float d_a, __m256i sumi, __m256i summ) {
+  float t = Rounded((d * d_a) * static_cast<float>(HorizontalSumI32(sumi)));
+  if constexpr (kMins) t = t - Rounded((dmin * d_a) * static_cast<float>(HorizontalSumI32(summ)));
+  return t;
+}
+
+// One super-block of one format against NA activation rows: sets t[b] to each row's term.
 template <int NA>
 using Acts = const ActBlock256* const (&)[NA];
 
@@ -73,7 +82,7 @@ template <typename Ops>
 struct Q2_K {
   using Block = BlockQ2_K;
   template <int NA>
-  static void Dot(const uint8_t* w, Acts<NA> a, __m256* acc) {
+  static void Dot(const uint8_t* w, Acts<NA> a, float* t) {
     const __m128i packed = Load128(w + offsetof(BlockQ2_K, scales));
     const __m128i m4 = _mm_set1_epi8(0x0F);
     // sc_j and m_j (j = 0..15) as int16, each 128-bit half holding 8 of them.
@@ -98,8 +107,7 @@ struct Q2_K {
     const float dmin = LoadFp16(w + offsetof(BlockQ2_K, dmin));
     for (int b = 0; b < NA; ++b) {
       const __m256i mins = _mm256_madd_epi16(Load256(a[b]->bsums), m16);
-      acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[b]), _mm256_set1_ps(d * a[b]->d), acc[b]);
-      acc[b] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_set1_ps(dmin * a[b]->d), acc[b]);
+      t[b] = KTerm<true>(d, dmin, a[b]->d, sumi[b], mins);
     }
   }
 };
@@ -108,7 +116,7 @@ template <typename Ops>
 struct Q3_K {
   using Block = BlockQ3_K;
   template <int NA>
-  static void Dot(const uint8_t* w, Acts<NA> a, __m256* acc) {
+  static void Dot(const uint8_t* w, Acts<NA> a, float* t) {
     // Codes as q + 4 = low bits + 4 * high bit, in 0..7; the -4 returns through bsums.
     const __m256i sc16 = _mm256_cvtepi8_epi16(ScalesQ3_K(w + offsetof(BlockQ3_K, scales)));
     __m256i hbits = Load256(w + offsetof(BlockQ3_K, hmask));
@@ -135,7 +143,7 @@ struct Q3_K {
     for (int b = 0; b < NA; ++b) {
       const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(Load256(a[b]->bsums), sc16), 2);
       const __m256i total = _mm256_sub_epi32(sumi[b], offset);
-      acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_set1_ps(d * a[b]->d), acc[b]);
+      t[b] = KTerm<false>(d, 0.0f, a[b]->d, total, total);
     }
   }
 };
@@ -145,7 +153,7 @@ template <typename Ops, bool kFiveBits>
 struct Q45_K {
   using Block = std::conditional_t<kFiveBits, BlockQ5_K, BlockQ4_K>;
   template <int NA>
-  static void Dot(const uint8_t* w, Acts<NA> a, __m256* acc) {
+  static void Dot(const uint8_t* w, Acts<NA> a, float* t) {
     const __m128i scmin = ScalesMinsK4(w + offsetof(Block, scales));
     const __m256i sc_twice = Twice(_mm_cvtepu8_epi16(scmin));
     // m_j for each pair of 16 (the bsums' granularity): m0 m0 m1 m1 ... m7 m7.
@@ -182,8 +190,7 @@ struct Q45_K {
     const float dmin = LoadFp16(w + offsetof(Block, dmin));
     for (int b = 0; b < NA; ++b) {
       const __m256i mins = _mm256_madd_epi16(Load256(a[b]->bsums), m16);
-      acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[b]), _mm256_set1_ps(d * a[b]->d), acc[b]);
-      acc[b] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_set1_ps(dmin * a[b]->d), acc[b]);
+      t[b] = KTerm<true>(d, dmin, a[b]->d, sumi[b], mins);
     }
   }
 };
@@ -192,7 +199,7 @@ template <typename Ops>
 struct Q6_K {
   using Block = BlockQ6_K;
   template <int NA>
-  static void Dot(const uint8_t* w, Acts<NA> a, __m256* acc) {
+  static void Dot(const uint8_t* w, Acts<NA> a, float* t) {
     const __m256i sc16 = _mm256_cvtepi8_epi16(Load128(w + offsetof(BlockQ6_K, scales)));
     const __m256i m4 = _mm256_set1_epi8(0x0F), top2 = _mm256_set1_epi8(0x30);
     __m256i sumi[NA];
@@ -225,7 +232,7 @@ struct Q6_K {
     for (int b = 0; b < NA; ++b) {
       const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(Load256(a[b]->bsums), sc16), 5);
       const __m256i total = _mm256_sub_epi32(sumi[b], offset);
-      acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_set1_ps(d * a[b]->d), acc[b]);
+      t[b] = KTerm<false>(d, 0.0f, a[b]->d, total, total);
     }
   }
 };
