@@ -48,6 +48,14 @@ inline void PrefetchWeights(const uint8_t* p) {
     _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes + o), _MM_HINT_T1);
 }
 
+// Lane j of the result is the sum of the int32 lanes of block j, given q0 = hadd(hadd(b0, b1),
+// hadd(b2, b3)) and q1 the same of blocks 4..7 (each half of q holds the sums of that half's
+// lanes).
+inline __m256i JoinHalves(__m256i q0, __m256i q1) {
+  return _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20),
+                          _mm256_permute2x128_si256(q0, q1, 0x31));
+}
+
 // One weight row of 32-element blocks against NA activation rows (ActRow32), in the canonical
 // order of dot_kernels.h: lane c of each row's accumulator is chain c, so eight consecutive
 // blocks i..i+7 are one step: their exact integer dots reduced into one int32 vector (lane j =
@@ -114,9 +122,7 @@ inline void Block32Step(const uint8_t* wb, int n, const ActRow32 (&a)[NA], int64
   }
   const __m256 off = _mm256_mul_ps(_mm256_set1_ps(F::kOffsetFactor), field);  // exact: 1, -8, -16
   for (int b = 0; b < NA; ++b) {
-    const __m256i dot_i = _mm256_add_epi32(_mm256_permute2x128_si256(q[0][b], q[1][b], 0x20),
-                                           _mm256_permute2x128_si256(q[0][b], q[1][b], 0x31));
-    const __m256 dot = _mm256_cvtepi32_ps(dot_i);
+    const __m256 dot = _mm256_cvtepi32_ps(JoinHalves(q[0][b], q[1][b]));
     __m256 t = Rounded(_mm256_mul_ps(_mm256_mul_ps(dw, da[b]), dot));
     if constexpr (kOffset) t = _mm256_add_ps(t, Rounded(_mm256_mul_ps(off, ds[b])));
     acc[b] = _mm256_add_ps(acc[b], t);
@@ -140,23 +146,80 @@ void RowDotBlock32(const uint8_t* w, int64_t n_blocks, const uint8_t* act, int64
   for (int b = 0; b < NA; ++b) y[b * y_stride] = HorizontalSum(acc[b]);
 }
 
-// F provides Block and Dot<NA>(block bytes, activation blocks, t), which sets t[b] to the
-// canonical term of one super-block (dot_kernels.h) for each row. Chain i % 8 takes block i.
+// What a k-quant format's Dot<NA> (kquants_x86.h) reports for one super-block: per row, int32
+// lanes summing exactly to its sumi and (formats with kMins) summ, and the fp16 scales.
+template <int NA>
+struct KSums {
+  __m256i sumi[NA];
+  __m256i mins[NA];
+  float d = 0.0f, dmin = 0.0f;
+};
+
+// Super-blocks i..i+n-1 (n <= 8) of a k-quant row against NA activation rows, in the canonical
+// order of dot_kernels.h: F::Dot gives each super-block's integer lanes, eight super-blocks'
+// lanes are reduced as in Block32Step (lane j = super-block i + j), and the float terms of the
+// eight are computed at once and added to the accumulator (lane c = chain c). Lanes past n
+// get scales 0 and sums 0, so t = +0 there.
+template <typename F, int NA, bool kFull>
+inline void KStep(const uint8_t* w, int n, const uint8_t* act, int64_t act_stride, int64_t i,
+                  __m256 (&acc)[NA]) {
+  using Block = typename F::Block;
+  alignas(32) float dd[NA][8] = {}, dm[NA][8] = {};  // d * d_a, dmin * d_a per super-block
+  __m256i qi[2][NA], qm[2][NA];
+  for (int half = 0; half < 2; ++half) {
+    __m256i hi[2][NA], hm[2][NA];
+    for (int p = 0; p < 2; ++p) {
+      KSums<NA> s[2];
+      for (int e = 0; e < 2; ++e) {
+        const int j = 4 * half + 2 * p + e;
+        if (kFull || j < n) {
+          const ActBlock256* a[NA];
+          for (int b = 0; b < NA; ++b) {
+            a[b] = reinterpret_cast<const ActBlock256*>(act + b * act_stride) + i + j;
+          }
+          const uint8_t* wb = w + (i + j) * sizeof(Block);
+          PrefetchWeights<sizeof(Block)>(wb);
+          F::template Dot<NA>(wb, a, &s[e]);
+          for (int b = 0; b < NA; ++b) {
+            dd[b][j] = s[e].d * a[b]->d;
+            if constexpr (F::kMins) dm[b][j] = s[e].dmin * a[b]->d;
+          }
+        } else {
+          for (int b = 0; b < NA; ++b) s[e].sumi[b] = s[e].mins[b] = _mm256_setzero_si256();
+        }
+      }
+      for (int b = 0; b < NA; ++b) {
+        hi[p][b] = _mm256_hadd_epi32(s[0].sumi[b], s[1].sumi[b]);
+        if constexpr (F::kMins) hm[p][b] = _mm256_hadd_epi32(s[0].mins[b], s[1].mins[b]);
+      }
+    }
+    for (int b = 0; b < NA; ++b) {
+      qi[half][b] = _mm256_hadd_epi32(hi[0][b], hi[1][b]);
+      if constexpr (F::kMins) qm[half][b] = _mm256_hadd_epi32(hm[0][b], hm[1][b]);
+    }
+  }
+  for (int b = 0; b < NA; ++b) {
+    const __m256 sumi = _mm256_cvtepi32_ps(JoinHalves(qi[0][b], qi[1][b]));
+    __m256 t = Rounded(_mm256_mul_ps(_mm256_load_ps(dd[b]), sumi));
+    if constexpr (F::kMins) {
+      const __m256 summ = _mm256_cvtepi32_ps(JoinHalves(qm[0][b], qm[1][b]));
+      t = _mm256_sub_ps(t, Rounded(_mm256_mul_ps(_mm256_load_ps(dm[b]), summ)));
+    }
+    acc[b] = _mm256_add_ps(acc[b], t);
+  }
+}
+
 template <typename F, int NA>
 void RowDotK(const uint8_t* w, int64_t n_blocks, const uint8_t* act, int64_t act_stride, float* y,
              int64_t y_stride) {
-  float chains[NA][kSumChains] = {};
-  for (int64_t i = 0; i < n_blocks; ++i) {
-    const ActBlock256* a[NA];
-    for (int b = 0; b < NA; ++b) {
-      a[b] = reinterpret_cast<const ActBlock256*>(act + b * act_stride) + i;
-    }
-    PrefetchWeights<sizeof(typename F::Block)>(w + i * sizeof(typename F::Block));
-    float t[NA];
-    F::template Dot<NA>(w + i * sizeof(typename F::Block), a, t);
-    for (int b = 0; b < NA; ++b) chains[b][i % kSumChains] += t[b];
+  __m256 acc[NA];
+  for (int b = 0; b < NA; ++b) acc[b] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n_blocks; i += 8) KStep<F, NA, true>(w, 8, act, act_stride, i, acc);
+  if (i < n_blocks) {
+    KStep<F, NA, false>(w, static_cast<int>(n_blocks - i), act, act_stride, i, acc);
   }
-  for (int b = 0; b < NA; ++b) y[b * y_stride] = CombineChains(chains[b]);
+  for (int b = 0; b < NA; ++b) y[b * y_stride] = HorizontalSum(acc[b]);
 }
 
 // RowDotFn entry points: dispatch n_act to the unrolled instantiations.

@@ -223,7 +223,9 @@ TEST_P(GemmTest, MatchesFloat64ReferenceAndTheScalarKernelBitForBit) {
       }
     }
   }
-  if (!SimdIsas().empty()) EXPECT_GT(checked, 0);
+  if (!SimdIsas().empty()) {
+    EXPECT_GT(checked, 0);
+  }
 }
 
 // One activation row (and one weight matrix) at several positions of batches of several sizes
