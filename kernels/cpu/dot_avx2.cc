@@ -27,6 +27,7 @@ struct Q4_0 {
   static constexpr int kBytes = sizeof(BlockQ4_0);
   static constexpr float kOffsetFactor = -8.0f;  // w = d * (q - 8)
   static constexpr int kOffsetField = offsetof(BlockQ4_0, d);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) { return Nibbles32(b + offsetof(BlockQ4_0, qs)); }
   static __m256i Dot(__m256i codes, const int8_t* a) { return DotU8S8(codes, Load256(a)); }
 };
@@ -35,6 +36,7 @@ struct Q4_1 {
   static constexpr int kBytes = sizeof(BlockQ4_1);
   static constexpr float kOffsetFactor = 1.0f;  // w = d * q + m
   static constexpr int kOffsetField = offsetof(BlockQ4_1, m);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) { return Nibbles32(b + offsetof(BlockQ4_1, qs)); }
   static __m256i Dot(__m256i codes, const int8_t* a) { return DotU8S8(codes, Load256(a)); }
 };
@@ -49,6 +51,7 @@ struct Q5_0 {
   static constexpr int kBytes = sizeof(BlockQ5_0);
   static constexpr float kOffsetFactor = -16.0f;  // w = d * (q - 16)
   static constexpr int kOffsetField = offsetof(BlockQ5_0, d);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) {
     return Codes5(b + offsetof(BlockQ5_0, qs), b + offsetof(BlockQ5_0, qh));
   }
@@ -59,6 +62,7 @@ struct Q5_1 {
   static constexpr int kBytes = sizeof(BlockQ5_1);
   static constexpr float kOffsetFactor = 1.0f;  // w = d * q + m
   static constexpr int kOffsetField = offsetof(BlockQ5_1, m);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) {
     return Codes5(b + offsetof(BlockQ5_1, qs), b + offsetof(BlockQ5_1, qh));
   }
@@ -69,6 +73,7 @@ struct Q8_0 {
   static constexpr int kBytes = sizeof(BlockQ8_0);
   static constexpr float kOffsetFactor = 0.0f;  // signed codes, no offset
   static constexpr int kOffsetField = 0;
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) { return Load256(b + offsetof(BlockQ8_0, qs)); }
   // w * a = |w| * (sign(w) * a); |w| <= 128 fits the unsigned operand.
   static __m256i Dot(__m256i codes, const int8_t* a) {

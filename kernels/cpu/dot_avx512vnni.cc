@@ -3,8 +3,8 @@
 //
 // Trick: vpdpbusd multiplies unsigned bytes by signed bytes and adds groups of four into int32
 // lanes in one instruction, without the int16 saturation of vpmaddubsw, so the block's integer
-// dot product is exact for any codes 0..255. Q8_0's signed codes use the AVX2 kernel's
-// |w| * (sign(w) * a). Q5's fifth bits are added to the nibbles with a byte mask straight from
+// dot product is exact for any codes 0..255. Q8_0 feeds w + 128 (w xor 0x80) as the unsigned
+// operand and subtracts 128 * sum(a) from the block's integer dot. Q5's fifth bits are added to the nibbles with a byte mask straight from
 // the 32-bit qh (vpaddb under mask). The float side is row_dot_x86.h's, shared with AVX2: the
 // integer block dots are the same, so results equal the AVX2 and scalar kernels' bit for bit.
 #include <immintrin.h>
@@ -44,6 +44,7 @@ struct Q4_0 {
   static constexpr int kBytes = sizeof(BlockQ4_0);
   static constexpr float kOffsetFactor = -8.0f;  // w = d * (q - 8)
   static constexpr int kOffsetField = offsetof(BlockQ4_0, d);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) { return NibblesVnni(b + offsetof(BlockQ4_0, qs)); }
   static __m256i Dot(__m256i codes, const int8_t* a) { return DotVnni(codes, a); }
 };
@@ -52,6 +53,7 @@ struct Q4_1 {
   static constexpr int kBytes = sizeof(BlockQ4_1);
   static constexpr float kOffsetFactor = 1.0f;  // w = d * q + m
   static constexpr int kOffsetField = offsetof(BlockQ4_1, m);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) { return NibblesVnni(b + offsetof(BlockQ4_1, qs)); }
   static __m256i Dot(__m256i codes, const int8_t* a) { return DotVnni(codes, a); }
 };
@@ -60,6 +62,7 @@ struct Q5_0 {
   static constexpr int kBytes = sizeof(BlockQ5_0);
   static constexpr float kOffsetFactor = -16.0f;  // w = d * (q - 16)
   static constexpr int kOffsetField = offsetof(BlockQ5_0, d);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) {
     return Codes5Vnni(b + offsetof(BlockQ5_0, qs), b + offsetof(BlockQ5_0, qh));
   }
@@ -70,23 +73,26 @@ struct Q5_1 {
   static constexpr int kBytes = sizeof(BlockQ5_1);
   static constexpr float kOffsetFactor = 1.0f;  // w = d * q + m
   static constexpr int kOffsetField = offsetof(BlockQ5_1, m);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) {
     return Codes5Vnni(b + offsetof(BlockQ5_1, qs), b + offsetof(BlockQ5_1, qh));
   }
   static __m256i Dot(__m256i codes, const int8_t* a) { return DotVnni(codes, a); }
 };
 
-// w * a = |w| * (sign(w) * a), as in the AVX2 kernel: |w| <= 128 is a valid unsigned operand
-// and vpdpbusd does not saturate, so the block's integer dot is exact and no offset is needed.
+// Codes w + 128 (w xor 0x80) are unsigned: vpdpbusd gives (w + 128) . a exactly, and the bias
+// comes back in integers, 128 * sum(a) per block (kCodeBias, ActRow32::sum), so the block's
+// dot is w . a exactly, as in the other kernels.
 struct Q8_0 {
   static constexpr int kBytes = sizeof(BlockQ8_0);
   static constexpr float kOffsetFactor = 0.0f;
   static constexpr int kOffsetField = 0;
-  static __m256i Codes(const uint8_t* b) { return Load256(b + offsetof(BlockQ8_0, qs)); }
-  static __m256i Dot(__m256i codes, const int8_t* a) {
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(codes, codes),
-                               _mm256_sign_epi8(Load256(a), codes));
+  static constexpr int kCodeBias = 128;
+  static __m256i Codes(const uint8_t* b) {
+    return _mm256_xor_si256(Load256(b + offsetof(BlockQ8_0, qs)),
+                            _mm256_set1_epi8(static_cast<char>(0x80)));
   }
+  static __m256i Dot(__m256i codes, const int8_t* a) { return DotVnni(codes, a); }
 };
 
 }  // namespace

@@ -69,11 +69,14 @@ inline __m256i JoinHalves(__m256i q0, __m256i q1) {
 //   Dot(codes, a)       8 int32 lanes summing exactly to codes . a (a: 32 int8 activations)
 //   kOffsetFactor, kOffsetField: off_w = kOffsetFactor * (fp16 at kOffsetField), e.g. Q4_0:
 //                       -8 and 0 (d itself), Q4_1: 1 and the offset of m; 0: no offset term.
+//   kCodeBias           Codes are the codes plus this (to make signed codes unsigned); the
+//                       block dot gets kCodeBias * sum(a) subtracted, in integers (exact).
 template <typename F, int NA, bool kFull>
 inline void Block32Step(const uint8_t* wb, int n, const ActRow32 (&a)[NA], int64_t i,
                         __m256 (&acc)[NA]) {
   constexpr bool kOffset = F::kOffsetFactor != 0.0f;
   __m256 dw, field = _mm256_setzero_ps(), da[NA], ds[NA];
+  __m256i bias[NA];  // kCodeBias * sum(a) of the eight blocks
   if constexpr (kFull) {
     PrefetchWeights<8 * F::kBytes>(wb);
     dw = Fp16x8<F::kBytes>(wb);
@@ -81,6 +84,7 @@ inline void Block32Step(const uint8_t* wb, int n, const ActRow32 (&a)[NA], int64
     for (int b = 0; b < NA; ++b) {
       da[b] = _mm256_loadu_ps(a[b].d + i);
       ds[b] = _mm256_loadu_ps(a[b].ds + i);
+      if constexpr (F::kCodeBias != 0) bias[b] = Load256(a[b].sum + i);
     }
   } else {
     // The last n < 8 blocks: lanes n..7 get scales 0 and dots 0, so t = +0 there, which
@@ -97,6 +101,9 @@ inline void Block32Step(const uint8_t* wb, int n, const ActRow32 (&a)[NA], int64
     for (int b = 0; b < NA; ++b) {
       da[b] = _mm256_maskload_ps(a[b].d + i, mask);
       ds[b] = _mm256_maskload_ps(a[b].ds + i, mask);
+      if constexpr (F::kCodeBias != 0) {
+        bias[b] = _mm256_maskload_epi32(reinterpret_cast<const int*>(a[b].sum + i), mask);
+      }
     }
   }
   // dot[b] lane j = the integer dot of block i + j: pairs of blocks reduced by vphaddd as
@@ -122,7 +129,11 @@ inline void Block32Step(const uint8_t* wb, int n, const ActRow32 (&a)[NA], int64
   }
   const __m256 off = _mm256_mul_ps(_mm256_set1_ps(F::kOffsetFactor), field);  // exact: 1, -8, -16
   for (int b = 0; b < NA; ++b) {
-    const __m256 dot = _mm256_cvtepi32_ps(JoinHalves(q[0][b], q[1][b]));
+    __m256i dot_i = JoinHalves(q[0][b], q[1][b]);
+    if constexpr (F::kCodeBias != 0) {
+      dot_i = _mm256_sub_epi32(dot_i, _mm256_mullo_epi32(bias[b], _mm256_set1_epi32(F::kCodeBias)));
+    }
+    const __m256 dot = _mm256_cvtepi32_ps(dot_i);
     __m256 t = Rounded(_mm256_mul_ps(_mm256_mul_ps(dw, da[b]), dot));
     if constexpr (kOffset) t = _mm256_add_ps(t, Rounded(_mm256_mul_ps(off, ds[b])));
     acc[b] = _mm256_add_ps(acc[b], t);
