@@ -51,14 +51,15 @@ ActFormat ActFormatFor(GgmlType type) {
 int64_t ActRowBytes(ActFormat format, int64_t cols) {
   if (format == ActFormat::kFloat) return cols * static_cast<int64_t>(sizeof(float));  // x itself
   const int64_t bytes = format == ActFormat::kBlock32
-                            ? cols / 32 * static_cast<int64_t>(32 + 2 * sizeof(float))
+                            ? cols / 32 * static_cast<int64_t>(32 + 3 * sizeof(float))
                             : cols / 256 * static_cast<int64_t>(sizeof(ActBlock256));
   return (bytes + 63) / 64 * 64;
 }
 
 ActRow32 ViewActRow32(const uint8_t* row, int64_t n_blocks) {
   const auto* d = reinterpret_cast<const float*>(row + 32 * n_blocks);
-  return {reinterpret_cast<const int8_t*>(row), d, d + n_blocks};
+  return {reinterpret_cast<const int8_t*>(row), d, d + n_blocks,
+          reinterpret_cast<const int32_t*>(d + 2 * n_blocks)};
 }
 
 void QuantizeActRow32Scalar(const float* x, int64_t n_elems, uint8_t* row) {
@@ -66,12 +67,14 @@ void QuantizeActRow32Scalar(const float* x, int64_t n_elems, uint8_t* row) {
   auto* qs = reinterpret_cast<int8_t*>(row);
   auto* d = reinterpret_cast<float*>(row + 32 * n_blocks);
   float* ds = d + n_blocks;
+  auto* sums = reinterpret_cast<int32_t*>(ds + n_blocks);
   for (int64_t b = 0; b < n_blocks; ++b, x += 32) {
     int8_t* q = qs + 32 * b;
     d[b] = QuantizeGroup(x, 32, q);
     int32_t sum = 0;
     for (int i = 0; i < 32; ++i) sum += q[i];
     ds[b] = d[b] * static_cast<float>(sum);
+    sums[b] = sum;
   }
 }
 

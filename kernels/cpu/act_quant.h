@@ -23,13 +23,15 @@ namespace tessera {
 
 // A row of n_blocks 32-element blocks, stored as arrays so that the scales of 8 consecutive
 // blocks load as one vector (the kernels combine them with 8 weight scales at once):
-//   qs[n_blocks * 32] (int8) | d[n_blocks] (float) | ds[n_blocks] (float)
-// Block i holds x[32 i .. 32 i + 31] ~= d[i] * qs[32 i ..]; ds[i] = d[i] * sum of its qs, which
-// is what a per-block weight offset multiplies (Q4_0's -8 d_w, Q4_1's min m).
+//   qs[n_blocks * 32] (int8) | d[n_blocks] (float) | ds[n_blocks] (float) | sum[n_blocks] (int32)
+// Block i holds x[32 i .. 32 i + 31] ~= d[i] * qs[32 i ..]; sum[i] is the sum of its qs and
+// ds[i] = d[i] * sum[i], which is what a per-block weight offset multiplies (Q4_0's -8 d_w,
+// Q4_1's min m); kernels that bias signed weight codes take the bias back exactly with sum.
 struct ActRow32 {
   const int8_t* qs;
   const float* d;
   const float* ds;
+  const int32_t* sum;
 };
 
 // The arrays of a quantized row that starts at `row` (64-byte aligned rows keep qs aligned).

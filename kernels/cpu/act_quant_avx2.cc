@@ -75,12 +75,14 @@ void QuantizeActRow32Avx2(const float* x, int64_t n_elems, uint8_t* row) {
   auto* qs = reinterpret_cast<int8_t*>(row);
   auto* d = reinterpret_cast<float*>(row + 32 * n_blocks);
   float* ds = d + n_blocks;
+  auto* sums = reinterpret_cast<int32_t*>(ds + n_blocks);
   for (int64_t b = 0; b < n_blocks; ++b, x += 32) {
     int8_t* q = qs + 32 * b;
     d[b] = QuantizeGroupAvx2(x, 4, q);
     __m256i lo, hi;
     HalfSums(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)), &lo, &hi);
-    ds[b] = d[b] * static_cast<float>(HorizontalSum(_mm256_add_epi32(lo, hi)));
+    sums[b] = HorizontalSum(_mm256_add_epi32(lo, hi));
+    ds[b] = d[b] * static_cast<float>(sums[b]);
   }
 }
 

@@ -5,10 +5,9 @@
 // the int8 activations by vpmaddubsw (unsigned x signed -> int16 pairs, which never saturate
 // here: codes <= 128, activations in [-127, 127]) and vpmaddwd (-> int32), giving exactly the
 // scalar kernel's integer block sum; Q8_0's signed codes use |w| and sign(w) * a (vpsignb),
-// whose product is w * a. The float side (row_dot_x86.h) is the scalar kernel's
-// d_w * d_a * (q . a) + offset * ds per block, with 8 blocks' scales computed at once; only
-// the order of the float additions differs from dot_scalar.cc.
-//
+// whose product is w * a. The float side (row_dot_x86.h) is the canonical order of
+// dot_kernels.h with 8 blocks per vector step, so results equal dot_scalar.cc's bit for bit.
+// The float formats follow their canonical order too (dot_scalar.cc emulates this kernel).
 #include <immintrin.h>
 
 #include <cstddef>
@@ -28,6 +27,7 @@ struct Q4_0 {
   static constexpr int kBytes = sizeof(BlockQ4_0);
   static constexpr float kOffsetFactor = -8.0f;  // w = d * (q - 8)
   static constexpr int kOffsetField = offsetof(BlockQ4_0, d);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) { return Nibbles32(b + offsetof(BlockQ4_0, qs)); }
   static __m256i Dot(__m256i codes, const int8_t* a) { return DotU8S8(codes, Load256(a)); }
 };
@@ -36,6 +36,7 @@ struct Q4_1 {
   static constexpr int kBytes = sizeof(BlockQ4_1);
   static constexpr float kOffsetFactor = 1.0f;  // w = d * q + m
   static constexpr int kOffsetField = offsetof(BlockQ4_1, m);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) { return Nibbles32(b + offsetof(BlockQ4_1, qs)); }
   static __m256i Dot(__m256i codes, const int8_t* a) { return DotU8S8(codes, Load256(a)); }
 };
@@ -50,6 +51,7 @@ struct Q5_0 {
   static constexpr int kBytes = sizeof(BlockQ5_0);
   static constexpr float kOffsetFactor = -16.0f;  // w = d * (q - 16)
   static constexpr int kOffsetField = offsetof(BlockQ5_0, d);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) {
     return Codes5(b + offsetof(BlockQ5_0, qs), b + offsetof(BlockQ5_0, qh));
   }
@@ -60,6 +62,7 @@ struct Q5_1 {
   static constexpr int kBytes = sizeof(BlockQ5_1);
   static constexpr float kOffsetFactor = 1.0f;  // w = d * q + m
   static constexpr int kOffsetField = offsetof(BlockQ5_1, m);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) {
     return Codes5(b + offsetof(BlockQ5_1, qs), b + offsetof(BlockQ5_1, qh));
   }
@@ -70,6 +73,7 @@ struct Q8_0 {
   static constexpr int kBytes = sizeof(BlockQ8_0);
   static constexpr float kOffsetFactor = 0.0f;  // signed codes, no offset
   static constexpr int kOffsetField = 0;
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) { return Load256(b + offsetof(BlockQ8_0, qs)); }
   // w * a = |w| * (sign(w) * a); |w| <= 128 fits the unsigned operand.
   static __m256i Dot(__m256i codes, const int8_t* a) {
@@ -130,7 +134,7 @@ void RowDotFloat(const uint8_t* w, int64_t n, const uint8_t* act, int64_t act_st
   }
   for (int b = 0; b < NA; ++b) {
     float sum = HorizontalSum(_mm256_add_ps(acc0[b], acc1[b]));
-    for (int64_t k = i; k < n; ++k) sum += F::Load1(w + k * F::kBytes) * x[b][k];
+    for (int64_t k = i; k < n; ++k) sum = sum + Rounded(F::Load1(w + k * F::kBytes) * x[b][k]);
     y[b * y_stride] = sum;
   }
 }

@@ -3,11 +3,10 @@
 //
 // Trick: vpdpbusd multiplies unsigned bytes by signed bytes and adds groups of four into int32
 // lanes in one instruction, without the int16 saturation of vpmaddubsw, so the block's integer
-// dot product is exact for any codes 0..255. Q8_0 therefore feeds w + 128 (w xor 0x80) as the
-// unsigned operand and takes the bias back once per block: sum (w + 128) a - 128 sum a =
-// sum w a (the -128 d_w * ds offset term, like Q4_0's -8). Q5's fifth bits are added to the
-// nibbles with a byte mask straight from the 32-bit qh (vpaddb under mask). The float side is
-// row_dot_x86.h's, shared with AVX2, so results equal the scalar kernel's up to float order.
+// dot product is exact for any codes 0..255. Q8_0 feeds w + 128 (w xor 0x80) as the unsigned
+// operand and subtracts 128 * sum(a) from the block's integer dot. Q5's fifth bits are added to the nibbles with a byte mask straight from
+// the 32-bit qh (vpaddb under mask). The float side is row_dot_x86.h's, shared with AVX2: the
+// integer block dots are the same, so results equal the AVX2 and scalar kernels' bit for bit.
 #include <immintrin.h>
 
 #include <cstddef>
@@ -45,6 +44,7 @@ struct Q4_0 {
   static constexpr int kBytes = sizeof(BlockQ4_0);
   static constexpr float kOffsetFactor = -8.0f;  // w = d * (q - 8)
   static constexpr int kOffsetField = offsetof(BlockQ4_0, d);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) { return NibblesVnni(b + offsetof(BlockQ4_0, qs)); }
   static __m256i Dot(__m256i codes, const int8_t* a) { return DotVnni(codes, a); }
 };
@@ -53,6 +53,7 @@ struct Q4_1 {
   static constexpr int kBytes = sizeof(BlockQ4_1);
   static constexpr float kOffsetFactor = 1.0f;  // w = d * q + m
   static constexpr int kOffsetField = offsetof(BlockQ4_1, m);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) { return NibblesVnni(b + offsetof(BlockQ4_1, qs)); }
   static __m256i Dot(__m256i codes, const int8_t* a) { return DotVnni(codes, a); }
 };
@@ -61,6 +62,7 @@ struct Q5_0 {
   static constexpr int kBytes = sizeof(BlockQ5_0);
   static constexpr float kOffsetFactor = -16.0f;  // w = d * (q - 16)
   static constexpr int kOffsetField = offsetof(BlockQ5_0, d);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) {
     return Codes5Vnni(b + offsetof(BlockQ5_0, qs), b + offsetof(BlockQ5_0, qh));
   }
@@ -71,17 +73,21 @@ struct Q5_1 {
   static constexpr int kBytes = sizeof(BlockQ5_1);
   static constexpr float kOffsetFactor = 1.0f;  // w = d * q + m
   static constexpr int kOffsetField = offsetof(BlockQ5_1, m);
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) {
     return Codes5Vnni(b + offsetof(BlockQ5_1, qs), b + offsetof(BlockQ5_1, qh));
   }
   static __m256i Dot(__m256i codes, const int8_t* a) { return DotVnni(codes, a); }
 };
 
-// Codes w + 128 (w xor 0x80) are unsigned; the bias comes back as -128 * d * ds.
+// Codes w + 128 (w xor 0x80) are unsigned: vpdpbusd gives (w + 128) . a exactly, and the bias
+// comes back in integers, 128 * sum(a) per block (kCodeBias, ActRow32::sum), so the block's
+// dot is w . a exactly, as in the other kernels.
 struct Q8_0 {
   static constexpr int kBytes = sizeof(BlockQ8_0);
-  static constexpr float kOffsetFactor = -128.0f;
-  static constexpr int kOffsetField = offsetof(BlockQ8_0, d);
+  static constexpr float kOffsetFactor = 0.0f;
+  static constexpr int kOffsetField = 0;
+  static constexpr int kCodeBias = 128;
   static __m256i Codes(const uint8_t* b) {
     return _mm256_xor_si256(Load256(b + offsetof(BlockQ8_0, qs)),
                             _mm256_set1_epi8(static_cast<char>(0x80)));

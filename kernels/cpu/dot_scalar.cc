@@ -4,7 +4,10 @@
 // The quantized formats are multiplied in integers: a weight block's codes times the int8
 // activations, summed exactly in int32, then scaled once by d_weight * d_activation. Offsets
 // (Q4_0's -8, Q5_0's -16, Q4_1/Q5_1's min m) are applied once per block to the activation
-// sum: sum_k (q_k - 8) a_k = sum_k q_k a_k - 8 * sum_k a_k.
+// sum: sum_k (q_k - 8) a_k = sum_k q_k a_k - 8 * sum_k a_k. Blocks are summed in the
+// canonical order of dot_kernels.h (eight chains by block index mod 8, then CombineChains),
+// which every SIMD kernel and the tiled GEMM follow too, bit for bit.
+#include <cmath>
 #include <cstring>
 
 #include "kernels/cpu/act_quant.h"
@@ -58,6 +61,7 @@ struct Decoded {
 
 struct Q4_0 {
   using Block = BlockQ4_0;
+  static constexpr bool kOffset = true;
   static void Decode(const Block& w, Decoded* out) {
     UnpackNibbles(w.qs, out->q);
     out->d = Fp16ToFloat(w.d);
@@ -67,6 +71,7 @@ struct Q4_0 {
 
 struct Q4_1 {
   using Block = BlockQ4_1;
+  static constexpr bool kOffset = true;
   static void Decode(const Block& w, Decoded* out) {
     UnpackNibbles(w.qs, out->q);
     out->d = Fp16ToFloat(w.d);
@@ -76,6 +81,7 @@ struct Q4_1 {
 
 struct Q5_0 {
   using Block = BlockQ5_0;
+  static constexpr bool kOffset = true;
   static void Decode(const Block& w, Decoded* out) {
     UnpackNibbles(w.qs, out->q);
     AddFifthBits(w.qh, out->q);
@@ -86,6 +92,7 @@ struct Q5_0 {
 
 struct Q5_1 {
   using Block = BlockQ5_1;
+  static constexpr bool kOffset = true;
   static void Decode(const Block& w, Decoded* out) {
     UnpackNibbles(w.qs, out->q);
     AddFifthBits(w.qh, out->q);
@@ -96,6 +103,7 @@ struct Q5_1 {
 
 struct Q8_0 {
   using Block = BlockQ8_0;
+  static constexpr bool kOffset = false;
   static void Decode(const Block& w, Decoded* out) {
     std::memcpy(out->q, w.qs, 32);
     out->d = Fp16ToFloat(w.d);
@@ -107,17 +115,19 @@ template <typename Format>
 void RowDotBlock32(const uint8_t* w_row, int64_t n_blocks, const uint8_t* act, int64_t act_stride,
                    int n_act, float* y, int64_t y_stride) {
   using Block = typename Format::Block;
-  float sums[kMaxActRows] = {};
+  float chains[kMaxActRows][kSumChains] = {};
   Decoded dec;
   for (int64_t i = 0; i < n_blocks; ++i) {
     Format::Decode(LoadBlock<Block>(w_row + i * sizeof(Block)), &dec);
     for (int b = 0; b < n_act; ++b) {
       const ActRow32 a = ViewActRow32(act + b * act_stride, n_blocks);
       const int32_t dot = Dot32(dec.q, a.qs + 32 * i);
-      sums[b] += dec.d * a.d[i] * static_cast<float>(dot) + dec.off * a.ds[i];
+      float t = (dec.d * a.d[i]) * static_cast<float>(dot);
+      if (Format::kOffset) t = t + dec.off * a.ds[i];
+      chains[b][i % kSumChains] += t;
     }
   }
-  for (int b = 0; b < n_act; ++b) y[b * y_stride] = sums[b];
+  for (int b = 0; b < n_act; ++b) y[b * y_stride] = CombineChains(chains[b]);
 }
 
 // Float weights: element i of the row is ToFloat(bytes of element i).
@@ -138,13 +148,26 @@ struct BF16 {
   static constexpr int kBytes = 2;
 };
 
+// The canonical order of the float formats (dot_kernels.h), as the AVX2 kernel computes it
+// with two vectors of fused multiply-adds; std::fma rounds once, like vfmadd.
 template <typename Format>
 void RowDotFloat(const uint8_t* w_row, int64_t n, const uint8_t* act, int64_t act_stride, int n_act,
                  float* y, int64_t y_stride) {
+  auto w = [&](int64_t i) { return Format::Load(w_row + i * Format::kBytes); };
   for (int b = 0; b < n_act; ++b) {
     const auto* x = reinterpret_cast<const float*>(act + b * act_stride);
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n; ++i) sum += Format::Load(w_row + i * Format::kBytes) * x[i];
+    float lanes[16] = {};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      for (int l = 0; l < 16; ++l) lanes[l] = std::fma(w(i + l), x[i + l], lanes[l]);
+    }
+    for (; i + 8 <= n; i += 8) {
+      for (int l = 0; l < 8; ++l) lanes[l] = std::fma(w(i + l), x[i + l], lanes[l]);
+    }
+    float chains[kSumChains];
+    for (int l = 0; l < kSumChains; ++l) chains[l] = lanes[l] + lanes[l + 8];
+    float sum = CombineChains(chains);
+    for (; i < n; ++i) sum += w(i) * x[i];
     y[b * y_stride] = sum;
   }
 }

@@ -12,13 +12,16 @@
 // rows at a time into int8 codes plus per-block scales in a small per-thread buffer, then runs
 // every activation panel over them, so each weight block is decoded once per call.
 //
+// Blocks are stored in chain-major order (ChainSlot): blocks 0, 8, 16, ... first, then 1, 9,
+// 17, ..., the order in which the canonical summation (dot_kernels.h) visits them, so the
+// kernels stream through the panels and the decoded weight rows.
+//
 // Numerics: the integer block sums are exact (the +128 bias comes back as -128 * sum of the
-// block's codes, which seeds the accumulator), and each output element is accumulated in
-// exactly the scalar kernel's order (dot_scalar.cc):
-//   sum += ((d_w * d_a) * float(q . a)) + off_w * ds          for blocks 0, 1, ..., in order
-// with no fused multiply-adds. So the result of one (weight row, activation row) pair does not
-// depend on the batch size, the row's position in the batch, the tile, or the thread count,
-// and equals the scalar small-batch kernel's bit for bit.
+// block's codes, which seeds the accumulator), and each output element is summed in the
+// canonical order of dot_kernels.h (the scalar and row-dot kernels' order), with no fused
+// multiply-adds. So the result of one (weight row, activation row) pair does not depend on the
+// batch size, the row's position in the batch, the tile, the thread count, or on whether this
+// path or the row-dot one runs.
 #ifndef TESSERA_KERNELS_CPU_GEMM_KERNELS_H_
 #define TESSERA_KERNELS_CPU_GEMM_KERNELS_H_
 
@@ -30,6 +33,21 @@ namespace tessera {
 
 inline constexpr int kGemmPanelRows = 16;
 inline constexpr int64_t kGemmPanelBlockBytes = 8 * 64 + 2 * 16 * 4;  // 640
+
+// Where block k of n_blocks sits in chain-major order: after the blocks of the chains before
+// k % 8 (chain c holds the blocks c, c + 8, ... below n_blocks), at position k / 8 of its own.
+// ChainStart(c) is the slot of chain c's first block (ChainStart(8) = n_blocks). Internal
+// linkage: used from files with different instruction-set flags (see simd_x86.h).
+namespace {  // NOLINT(build/namespaces)
+inline int64_t ChainStart(int c, int64_t n_blocks) {
+  int64_t start = 0;
+  for (int i = 0; i < c; ++i) start += (n_blocks - i + 7) / 8;
+  return start;
+}
+inline int64_t ChainSlot(int64_t k, int64_t n_blocks) {
+  return ChainStart(static_cast<int>(k % 8), n_blocks) + k / 8;
+}
+}  // namespace
 
 // Bytes of the packed panels for n_batch rows of n_blocks blocks (64-byte multiple).
 int64_t GemmPanelBytes(int64_t n_batch, int64_t n_blocks);

@@ -20,7 +20,7 @@ void PackGemmPanels(const uint8_t* act, int64_t act_stride, int64_t n_batch, int
       const int64_t b = p * kGemmPanelRows + j;
       if (b >= n_batch) {  // padding lane: codes 0 (stored as 128), scales 0
         for (int64_t k = 0; k < n_blocks; ++k) {
-          uint8_t* blk = base + k * kGemmPanelBlockBytes;
+          uint8_t* blk = base + ChainSlot(k, n_blocks) * kGemmPanelBlockBytes;
           for (int g = 0; g < 8; ++g) std::memset(blk + 64 * g + 4 * j, 0x80, 4);
           const float zero = 0.0f;
           std::memcpy(blk + 512 + 4 * j, &zero, 4);
@@ -30,7 +30,7 @@ void PackGemmPanels(const uint8_t* act, int64_t act_stride, int64_t n_batch, int
       }
       const ActRow32 a = ViewActRow32(act + b * act_stride, n_blocks);
       for (int64_t k = 0; k < n_blocks; ++k) {
-        uint8_t* blk = base + k * kGemmPanelBlockBytes;
+        uint8_t* blk = base + ChainSlot(k, n_blocks) * kGemmPanelBlockBytes;
         for (int g = 0; g < 8; ++g) {
           uint32_t v;
           std::memcpy(&v, a.qs + 32 * k + 4 * g, 4);

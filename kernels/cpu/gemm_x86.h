@@ -23,6 +23,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/dot_kernels.h"
 #include "kernels/cpu/gemm_kernels.h"
 #include "kernels/cpu/simd_x86.h"
 
@@ -46,30 +47,45 @@ inline DecodedRow ViewDecodedRow(const uint8_t* p, int64_t n_blocks) {
           reinterpret_cast<const float*>(p + 40 * n_blocks)};
 }
 
+// Block `blk` into slot s of a decoded row's arrays.
+template <typename Fmt>
+inline void DecodeBlock(const uint8_t* blk, int64_t s, uint8_t* codes_out, int32_t* bias, float* d,
+                        float* off) {
+  const __m256i codes = Fmt::Codes(blk);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes_out + 32 * s), codes);
+  // Sum of the codes: vpsadbw against zero sums unsigned bytes; signed codes are biased first.
+  const __m256i u = Fmt::kSignedCodes
+                        ? _mm256_xor_si256(codes, _mm256_set1_epi8(static_cast<char>(0x80)))
+                        : codes;
+  const __m256i sad = _mm256_sad_epu8(u, _mm256_setzero_si256());
+  const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
+  int32_t sum = static_cast<int32_t>(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1));
+  if (Fmt::kSignedCodes) sum -= 32 * 128;
+  bias[s] = -128 * sum;
+  d[s] = LoadFp16(blk);  // every 32-element format stores d first
+  off[s] = Fmt::Off(blk, d[s]);
+}
+
+// The blocks of one weight row in chain-major order (gemm_kernels.h), like the panels. The
+// weights are read in storage order (a sequential stream from memory); the scattered writes
+// stay in the thread's cached buffer.
 template <typename Fmt>
 void DecodeRow(const uint8_t* w, int64_t n_blocks, uint8_t* out) {
   auto* bias = reinterpret_cast<int32_t*>(out + 32 * n_blocks);
   auto* d = reinterpret_cast<float*>(out + 36 * n_blocks);
   auto* off = reinterpret_cast<float*>(out + 40 * n_blocks);
+  int64_t start[kSumChains];
+  for (int c = 0; c < kSumChains; ++c) start[c] = ChainStart(c, n_blocks);
   for (int64_t k = 0; k < n_blocks; ++k) {
-    const uint8_t* blk = w + k * Fmt::kBytes;
-    const __m256i codes = Fmt::Codes(blk);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 32 * k), codes);
-    // Sum of the codes: vpsadbw against zero sums unsigned bytes; signed codes are biased first.
-    const __m256i u = Fmt::kSignedCodes
-                          ? _mm256_xor_si256(codes, _mm256_set1_epi8(static_cast<char>(0x80)))
-                          : codes;
-    const __m256i sad = _mm256_sad_epu8(u, _mm256_setzero_si256());
-    const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
-    int32_t sum = static_cast<int32_t>(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1));
-    if (Fmt::kSignedCodes) sum -= 32 * 128;
-    bias[k] = -128 * sum;
-    d[k] = LoadFp16(blk);  // every 32-element format stores d first
-    off[k] = Fmt::Off(blk, d[k]);
+    DecodeBlock<Fmt>(w + k * Fmt::kBytes, start[k % kSumChains] + k / kSumChains, out, bias, d,
+                     off);
   }
 }
 
-// One MR x (16 NP) tile: MR decoded weight rows against NP panels, over all blocks.
+// One MR x (16 NP) tile: MR decoded weight rows against NP panels, over all blocks, in the
+// canonical order of dot_kernels.h: chain by chain (blocks c, c + 8, c + 16, ... into fresh
+// accumulators; stored consecutively, slots ChainStart(c) .. ChainStart(c + 1) - 1), each
+// chain's sums parked in `chains`, and CombineChains applied lane by lane at the end.
 // out[(r * NP + p) * 16 + lane].
 template <typename Ops, typename Fmt, int MR, int NP>
 void GemmTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blocks, float* out) {
@@ -77,50 +93,60 @@ void GemmTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blo
   using F = typename Ops::F;
   constexpr int V = Ops::kVecs;
   constexpr int kLaneBytes = 64 / V;  // code bytes of one vector of one group
-  F acc[MR][NP][V];
-  for (int r = 0; r < MR; ++r)
-    for (int p = 0; p < NP; ++p)
-      for (int v = 0; v < V; ++v) acc[r][p][v] = Ops::ZeroF();
-  for (int64_t k = 0; k < n_blocks; ++k) {
-    const uint8_t* pb[NP];
-    for (int p = 0; p < NP; ++p) pb[p] = panel[p] + k * kGemmPanelBlockBytes;
-    I is[MR][NP][V];
-    for (int r = 0; r < MR; ++r) {
-      const I seed = Ops::kBiased ? Ops::SetI(rows[r].bias[k]) : Ops::ZeroI();
+  constexpr int kTileFloats = MR * NP * 16;
+  alignas(64) float chains[kSumChains][kTileFloats];
+  for (int c = 0; c < kSumChains; ++c) {
+    F acc[MR][NP][V];
+    for (int r = 0; r < MR; ++r)
       for (int p = 0; p < NP; ++p)
-        for (int v = 0; v < V; ++v) is[r][p][v] = seed;
-    }
-    for (int g = 0; g < 8; ++g) {
-      I a[NP][V];
-      for (int p = 0; p < NP; ++p)
-        for (int v = 0; v < V; ++v) a[p][v] = Ops::LoadA(pb[p] + 64 * g + kLaneBytes * v);
+        for (int v = 0; v < V; ++v) acc[r][p][v] = Ops::ZeroF();
+    const int64_t end = ChainStart(c + 1, n_blocks);
+    for (int64_t k = ChainStart(c, n_blocks); k < end; ++k) {  // k: slot, not block index
+      const uint8_t* pb[NP];
+      for (int p = 0; p < NP; ++p) pb[p] = panel[p] + k * kGemmPanelBlockBytes;
+      I is[MR][NP][V];
       for (int r = 0; r < MR; ++r) {
-        const I w = Ops::Bcast(rows[r].codes + 32 * k + 4 * g);
+        const I seed = Ops::kBiased ? Ops::SetI(rows[r].bias[k]) : Ops::ZeroI();
         for (int p = 0; p < NP; ++p)
-          for (int v = 0; v < V; ++v) is[r][p][v] = Ops::Dot(is[r][p][v], a[p][v], w);
+          for (int v = 0; v < V; ++v) is[r][p][v] = seed;
       }
-    }
-    // The scalar kernel's float steps, lane by lane: ((d_w * d_a) * dot + off_w * ds) + sum.
-    for (int p = 0; p < NP; ++p) {
-      for (int v = 0; v < V; ++v) {
-        const F da = Ops::LoadF(reinterpret_cast<const float*>(pb[p] + 512) + 16 / V * v);
-        const F ds = Ops::LoadF(reinterpret_cast<const float*>(pb[p] + 576) + 16 / V * v);
+      for (int g = 0; g < 8; ++g) {
+        I a[NP][V];
+        for (int p = 0; p < NP; ++p)
+          for (int v = 0; v < V; ++v) a[p][v] = Ops::LoadA(pb[p] + 64 * g + kLaneBytes * v);
         for (int r = 0; r < MR; ++r) {
-          F t = Ops::Opaque(Ops::Mul(Ops::Mul(Ops::SetF(rows[r].d[k]), da), Ops::Cvt(is[r][p][v])));
-          if constexpr (Fmt::kOffset) {
-            t = Ops::Add(t, Ops::Opaque(Ops::Mul(Ops::SetF(rows[r].off[k]), ds)));
+          const I w = Ops::Bcast(rows[r].codes + 32 * k + 4 * g);
+          for (int p = 0; p < NP; ++p)
+            for (int v = 0; v < V; ++v) is[r][p][v] = Ops::Dot(is[r][p][v], a[p][v], w);
+        }
+      }
+      // The canonical term, lane by lane: t = ((d_w * d_a) * dot) + off_w * ds.
+      for (int p = 0; p < NP; ++p) {
+        for (int v = 0; v < V; ++v) {
+          const F da = Ops::LoadF(reinterpret_cast<const float*>(pb[p] + 512) + 16 / V * v);
+          const F ds = Ops::LoadF(reinterpret_cast<const float*>(pb[p] + 576) + 16 / V * v);
+          for (int r = 0; r < MR; ++r) {
+            F t = Ops::Opaque(
+                Ops::Mul(Ops::Mul(Ops::SetF(rows[r].d[k]), da), Ops::Cvt(is[r][p][v])));
+            if constexpr (Fmt::kOffset) {
+              t = Ops::Add(t, Ops::Opaque(Ops::Mul(Ops::SetF(rows[r].off[k]), ds)));
+            }
+            acc[r][p][v] = Ops::Add(acc[r][p][v], t);
           }
-          // Without an offset the scalar kernel adds off * ds = +-0, which changes nothing:
-          // t + 0 differs from t only for t = -0, and sum + -0 == sum + 0 since sum starts at
-          // +0 and a round-to-nearest sum is -0 only when both terms are.
-          acc[r][p][v] = Ops::Add(acc[r][p][v], t);
         }
       }
     }
+    for (int r = 0; r < MR; ++r)
+      for (int p = 0; p < NP; ++p)
+        for (int v = 0; v < V; ++v)
+          Ops::StoreF(chains[c] + (r * NP + p) * 16 + 16 / V * v, acc[r][p][v]);
   }
-  for (int r = 0; r < MR; ++r)
-    for (int p = 0; p < NP; ++p)
-      for (int v = 0; v < V; ++v) Ops::StoreF(out + (r * NP + p) * 16 + 16 / V * v, acc[r][p][v]);
+  for (int i = 0; i < kTileFloats; i += 16 / V) {
+    auto at = [&](int c) { return Ops::LoadF(chains[c] + i); };
+    const F sum = Ops::Add(Ops::Add(Ops::Add(at(0), at(4)), Ops::Add(at(2), at(6))),
+                           Ops::Add(Ops::Add(at(1), at(5)), Ops::Add(at(3), at(7))));
+    Ops::StoreF(out + i, sum);
+  }
 }
 
 // The tile function for mr <= MR rows and np <= NP panels (edge tiles are smaller tiles, not

@@ -4,6 +4,8 @@
 // kernels/quant/kquants.h, as ggml stores them), then
 //   y += d * d_a * sum_j sc_j * sum_{k in j} q_k a_k  -  dmin * d_a * sum_j m_j * sum_{k in j} a_k
 // with every inner sum exact in int32; the per-16 activation sums (bsums) serve the mins.
+// Super-blocks are summed in the canonical order of dot_kernels.h (eight chains by super-block
+// index mod 8, then CombineChains), which the SIMD kernels follow bit for bit.
 #include <cstring>
 
 #include "kernels/cpu/act_quant.h"
@@ -139,7 +141,7 @@ void DecodeQ6_K(const BlockQ6_K& b, Decoded* out) {
 template <typename Block, void (*Decode)(const Block&, Decoded*)>
 void RowDotKQuant(const uint8_t* w_row, int64_t n_blocks, const uint8_t* act, int64_t act_stride,
                   int n_act, float* y, int64_t y_stride) {
-  float sums[kMaxActRows] = {};
+  float chains[kMaxActRows][kSumChains] = {};
   Decoded dec;
   for (int64_t i = 0; i < n_blocks; ++i) {
     Block blk;
@@ -154,10 +156,13 @@ void RowDotKQuant(const uint8_t* w_row, int64_t n_blocks, const uint8_t* act, in
         sumi += dec.sc[j] * dot;
         summ += dec.m[j] * a.bsums[j];
       }
-      sums[b] += dec.d * a.d * static_cast<float>(sumi) - dec.dmin * a.d * static_cast<float>(summ);
+      // The canonical term (dot_kernels.h); for Q3_K/Q6_K the second product is +0.
+      const float t = (dec.d * a.d) * static_cast<float>(sumi) -
+                      (dec.dmin * a.d) * static_cast<float>(summ);
+      chains[b][i % kSumChains] += t;
     }
   }
-  for (int b = 0; b < n_act; ++b) y[b * y_stride] = sums[b];
+  for (int b = 0; b < n_act; ++b) y[b * y_stride] = CombineChains(chains[b]);
 }
 
 }  // namespace

@@ -10,9 +10,10 @@
 // widens to int32, accumulated exactly as the scalar kernel's sum_j sc_j * dot_j. Offsets that
 // do not depend on the element (Q3_K's -4 and Q6_K's -32 left out of the codes, the mins of
 // Q2_K/Q4_K/Q5_K) are applied once per super-block from the activations' per-16 sums: e.g.
-// sum_j sc_j * (q - 32) . a = sum_j sc_j * (q . a) - 32 * sum_j sc_j * bsum_j. The float work
-// is one or two multiply-adds per super-block, as in kquants_scalar.cc; only the order of
-// float additions differs.
+// sum_j sc_j * (q - 32) . a = sum_j sc_j * (q . a) - 32 * sum_j sc_j * bsum_j. The lanes are
+// then summed as integers, so each super-block yields the scalar kernel's exact sumi and summ,
+// and its float term is the canonical one of dot_kernels.h: equal to kquants_scalar.cc bit for
+// bit.
 #ifndef TESSERA_KERNELS_CPU_KQUANTS_X86_H_
 #define TESSERA_KERNELS_CPU_KQUANTS_X86_H_
 
@@ -23,6 +24,7 @@
 #include <type_traits>
 
 #include "kernels/cpu/act_quant.h"
+#include "kernels/cpu/row_dot_x86.h"
 #include "kernels/cpu/simd_x86.h"
 #include "kernels/quant/kquants.h"
 
@@ -64,16 +66,20 @@ inline __m128i ScalesQ3_K(const uint8_t* packed) {
   return _mm_sub_epi8(s, _mm_set1_epi8(32));
 }
 
-// One super-block of one format against NA activation rows: adds the float contribution of
-// each row to acc[b] (8 lanes whose sum is the dot product).
+// One super-block of one format against NA activation rows. Dot fills, per row, int32 lanes
+// that sum exactly to the super-block's sumi (and, for the formats with mins, summ) of the
+// canonical term (dot_kernels.h), plus the super-block's scales; row_dot_x86.h's RowDotK
+// reduces eight super-blocks' lanes at once and does the float work eight lanes wide (KSums is
+// declared there).
 template <int NA>
 using Acts = const ActBlock256* const (&)[NA];
 
 template <typename Ops>
 struct Q2_K {
   using Block = BlockQ2_K;
+  static constexpr bool kMins = true;
   template <int NA>
-  static void Dot(const uint8_t* w, Acts<NA> a, __m256* acc) {
+  static void Dot(const uint8_t* w, Acts<NA> a, KSums<NA>* out) {
     const __m128i packed = Load128(w + offsetof(BlockQ2_K, scales));
     const __m128i m4 = _mm_set1_epi8(0x0F);
     // sc_j and m_j (j = 0..15) as int16, each 128-bit half holding 8 of them.
@@ -96,10 +102,12 @@ struct Q2_K {
     }
     const float d = LoadFp16(w + offsetof(BlockQ2_K, d));
     const float dmin = LoadFp16(w + offsetof(BlockQ2_K, dmin));
+    out->d = d;
+    out->dmin = dmin;
     for (int b = 0; b < NA; ++b) {
       const __m256i mins = _mm256_madd_epi16(Load256(a[b]->bsums), m16);
-      acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[b]), _mm256_set1_ps(d * a[b]->d), acc[b]);
-      acc[b] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_set1_ps(dmin * a[b]->d), acc[b]);
+      out->sumi[b] = sumi[b];
+      out->mins[b] = mins;
     }
   }
 };
@@ -107,8 +115,9 @@ struct Q2_K {
 template <typename Ops>
 struct Q3_K {
   using Block = BlockQ3_K;
+  static constexpr bool kMins = false;
   template <int NA>
-  static void Dot(const uint8_t* w, Acts<NA> a, __m256* acc) {
+  static void Dot(const uint8_t* w, Acts<NA> a, KSums<NA>* out) {
     // Codes as q + 4 = low bits + 4 * high bit, in 0..7; the -4 returns through bsums.
     const __m256i sc16 = _mm256_cvtepi8_epi16(ScalesQ3_K(w + offsetof(BlockQ3_K, scales)));
     __m256i hbits = Load256(w + offsetof(BlockQ3_K, hmask));
@@ -132,10 +141,11 @@ struct Q3_K {
       }
     }
     const float d = LoadFp16(w + offsetof(BlockQ3_K, d));
+    out->d = d;
     for (int b = 0; b < NA; ++b) {
       const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(Load256(a[b]->bsums), sc16), 2);
       const __m256i total = _mm256_sub_epi32(sumi[b], offset);
-      acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_set1_ps(d * a[b]->d), acc[b]);
+      out->sumi[b] = total;
     }
   }
 };
@@ -144,8 +154,9 @@ struct Q3_K {
 template <typename Ops, bool kFiveBits>
 struct Q45_K {
   using Block = std::conditional_t<kFiveBits, BlockQ5_K, BlockQ4_K>;
+  static constexpr bool kMins = true;
   template <int NA>
-  static void Dot(const uint8_t* w, Acts<NA> a, __m256* acc) {
+  static void Dot(const uint8_t* w, Acts<NA> a, KSums<NA>* out) {
     const __m128i scmin = ScalesMinsK4(w + offsetof(Block, scales));
     const __m256i sc_twice = Twice(_mm_cvtepu8_epi16(scmin));
     // m_j for each pair of 16 (the bsums' granularity): m0 m0 m1 m1 ... m7 m7.
@@ -180,10 +191,12 @@ struct Q45_K {
     for (int b = 0; b < NA; ++b) sumi[b] = _mm256_add_epi32(sumi[b], sumi_odd[b]);
     const float d = LoadFp16(w + offsetof(Block, d));
     const float dmin = LoadFp16(w + offsetof(Block, dmin));
+    out->d = d;
+    out->dmin = dmin;
     for (int b = 0; b < NA; ++b) {
       const __m256i mins = _mm256_madd_epi16(Load256(a[b]->bsums), m16);
-      acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[b]), _mm256_set1_ps(d * a[b]->d), acc[b]);
-      acc[b] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_set1_ps(dmin * a[b]->d), acc[b]);
+      out->sumi[b] = sumi[b];
+      out->mins[b] = mins;
     }
   }
 };
@@ -191,8 +204,9 @@ struct Q45_K {
 template <typename Ops>
 struct Q6_K {
   using Block = BlockQ6_K;
+  static constexpr bool kMins = false;
   template <int NA>
-  static void Dot(const uint8_t* w, Acts<NA> a, __m256* acc) {
+  static void Dot(const uint8_t* w, Acts<NA> a, KSums<NA>* out) {
     const __m256i sc16 = _mm256_cvtepi8_epi16(Load128(w + offsetof(BlockQ6_K, scales)));
     const __m256i m4 = _mm256_set1_epi8(0x0F), top2 = _mm256_set1_epi8(0x30);
     __m256i sumi[NA];
@@ -222,10 +236,11 @@ struct Q6_K {
       }
     }
     const float d = LoadFp16(w + offsetof(BlockQ6_K, d));
+    out->d = d;
     for (int b = 0; b < NA; ++b) {
       const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(Load256(a[b]->bsums), sc16), 5);
       const __m256i total = _mm256_sub_epi32(sumi[b], offset);
-      acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_set1_ps(d * a[b]->d), acc[b]);
+      out->sumi[b] = total;
     }
   }
 };

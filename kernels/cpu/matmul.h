@@ -11,6 +11,10 @@
 //
 // The instruction set is chosen at run time from the CPU's features (scalar, AVX2, AVX-512,
 // AVX-512 VNNI); tests may force a specific one.
+//
+// Batch invariance: every output element is summed in one canonical order (dot_kernels.h),
+// whatever the batch size, the row's position in it, the path (row-dot or tiled), the thread
+// count or the instruction set, so y's row b is the same bits as x's row b multiplied alone.
 #ifndef TESSERA_KERNELS_CPU_MATMUL_H_
 #define TESSERA_KERNELS_CPU_MATMUL_H_
 

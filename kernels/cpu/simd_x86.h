@@ -31,11 +31,35 @@ inline uint32_t LoadU32(const uint8_t* p) {
   return v;
 }
 
+// ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7)): CombineChains of dot_kernels.h.
 inline float HorizontalSum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+
+// Sum of the eight int32 lanes (exact).
+inline int32_t HorizontalSumI32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// v as an opaque rounded value: keeps the compiler from fusing a product into the add that
+// follows (GCC implements _mm256_mul_ps as vector arithmetic, which -ffp-contract=fast, its
+// default, may contract with an add into a fused multiply-add). The canonical summation
+// order (dot_kernels.h) rounds every product; kernels/CMakeLists.txt also passes
+// -ffp-contract=off, this keeps the promise independent of build flags.
+inline __m256 Rounded(__m256 v) {
+  __asm__("" : "+x"(v));
+  return v;
+}
+
+inline float Rounded(float v) {
+  __asm__("" : "+x"(v));
+  return v;
 }
 
 // 16 bytes of packed 4-bit codes -> 32 bytes: low nibbles first, then high nibbles (the

@@ -34,11 +34,11 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Steps of fewer tokens than this run every matmul on the CPU backend's row-dot kernels, whose
-// per-row summation order does not depend on the batch; from kDefaultGemmMinBatch rows on, the
-// register-tiled GEMM kernels sum in another order (kernels/cpu/matmul.h), so the same row's
-// logits differ in their last bits with the batch's composition. The exact tests keep steps
-// (and the reference's prefill chunks) below it.
+// Steps of fewer tokens than this run every matmul on the CPU backend's row-dot kernels. This
+// used to be required for exactness (the register-tiled GEMM from kDefaultGemmMinBatch rows on
+// summed in another order); all CPU matmul paths now share one batch-invariant order
+// (kernels/cpu/dot_kernels.h), and the small steps remain to make each request take many
+// scheduler steps.
 constexpr int64_t kRowDotTokens = 7;
 
 // A byte-level vocabulary of exactly the tiny llama's 96 ids: ASCII letters, digits and
