@@ -499,7 +499,19 @@ class GatedExecutor final : public StepExecutor {
       ++entered_;
       mu_.Await(absl::Condition(&open_));
     }
-    return inner_->Execute(step);
+    absl::StatusOr<v1::StepResult> result = inner_->Execute(step);
+    if (result.ok()) {
+      absl::MutexLock l(&mu_);
+      sampled_ += result->sampled_size();
+      if (close_after_ > 0 && sampled_ >= close_after_) open_ = false;
+    }
+    return result;
+  }
+  // Closes the gate (behind the step that returns it) once steps have sampled `n` tokens in
+  // all, so a test can hold a request in flight after exactly that many, however fast it runs.
+  void CloseAfterSampled(int64_t n) {
+    absl::MutexLock l(&mu_);
+    close_after_ = sampled_ + n;
   }
   void Close() {
     absl::MutexLock l(&mu_);
@@ -508,6 +520,7 @@ class GatedExecutor final : public StepExecutor {
   void Open() {
     absl::MutexLock l(&mu_);
     open_ = true;
+    close_after_ = 0;
   }
   // Waits until `n` steps have entered Execute (true) or a minute passes.
   bool WaitEntered(int64_t n) {
@@ -525,6 +538,8 @@ class GatedExecutor final : public StepExecutor {
   absl::Mutex mu_;
   bool open_ ABSL_GUARDED_BY(mu_) = true;
   int64_t entered_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t sampled_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t close_after_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // A model served through a Scheduler over a (gated) LocalExecutor, plus an independent Engine
@@ -734,12 +749,14 @@ TEST(GenerateServiceStackTest, ClientThatGoesAwayFreesItsKvBlocks) {
 
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Minutes(1)));
+  // The request stays in flight after its third token: no step completes from there (the
+  // tiny model would otherwise finish all 40 tokens before the client reads three).
+  stack.gate().CloseAfterSampled(3);
   auto reader = stack.served().stub().Generate(&ctx, Prompt("tell me a long story", 40));
   v1::GenerateResponse m;
   int tokens = 0;
   while (tokens < 3 && reader->Read(&m)) tokens += m.tokens_size();
   ASSERT_EQ(tokens, 3);
-  stack.gate().Close();  // the request stays in flight: no step completes from here
   ASSERT_TRUE(stack.WaitInfo([](const v1::ReplicaInfo& r) {
     return r.running_sequences() == 1 && r.kv_blocks_used() > 0;
   }));
