@@ -12,12 +12,10 @@
 
 #include <cstddef>
 
+#include "kernels/cpu/block32_avx2.h"
 #include "kernels/cpu/gemm_kernels.h"
 #include "kernels/cpu/gemm_x86.h"
 #include "kernels/cpu/simd_x86.h"
-#include "kernels/quant/q4.h"
-#include "kernels/quant/q5.h"
-#include "kernels/quant/q8.h"
 
 namespace tessera {
 namespace {
@@ -61,50 +59,6 @@ struct Ops256Signed : Ops256 {
     const I prod = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
     return _mm256_add_epi32(acc, _mm256_madd_epi16(prod, _mm256_set1_epi16(1)));
   }
-};
-
-inline __m256i Codes5(const uint8_t* qs, const uint8_t* qh) {
-  const __m256i high = _mm256_and_si256(SpreadBits32(LoadU32(qh)), _mm256_set1_epi8(0x10));
-  return _mm256_or_si256(Nibbles32(qs), high);
-}
-
-struct Q4_0 {
-  static constexpr int kBytes = sizeof(BlockQ4_0);
-  static constexpr bool kOffset = true, kSignedCodes = false;
-  static __m256i Codes(const uint8_t* b) { return Nibbles32(b + offsetof(BlockQ4_0, qs)); }
-  static float Off(const uint8_t*, float d) { return -8.0f * d; }
-};
-
-struct Q4_1 {
-  static constexpr int kBytes = sizeof(BlockQ4_1);
-  static constexpr bool kOffset = true, kSignedCodes = false;
-  static __m256i Codes(const uint8_t* b) { return Nibbles32(b + offsetof(BlockQ4_1, qs)); }
-  static float Off(const uint8_t* b, float) { return LoadFp16(b + offsetof(BlockQ4_1, m)); }
-};
-
-struct Q5_0 {
-  static constexpr int kBytes = sizeof(BlockQ5_0);
-  static constexpr bool kOffset = true, kSignedCodes = false;
-  static __m256i Codes(const uint8_t* b) {
-    return Codes5(b + offsetof(BlockQ5_0, qs), b + offsetof(BlockQ5_0, qh));
-  }
-  static float Off(const uint8_t*, float d) { return -16.0f * d; }
-};
-
-struct Q5_1 {
-  static constexpr int kBytes = sizeof(BlockQ5_1);
-  static constexpr bool kOffset = true, kSignedCodes = false;
-  static __m256i Codes(const uint8_t* b) {
-    return Codes5(b + offsetof(BlockQ5_1, qs), b + offsetof(BlockQ5_1, qh));
-  }
-  static float Off(const uint8_t* b, float) { return LoadFp16(b + offsetof(BlockQ5_1, m)); }
-};
-
-struct Q8_0 {
-  static constexpr int kBytes = sizeof(BlockQ8_0);
-  static constexpr bool kOffset = false, kSignedCodes = true;
-  static __m256i Codes(const uint8_t* b) { return Load256(b + offsetof(BlockQ8_0, qs)); }
-  static float Off(const uint8_t*, float) { return 0.0f; }
 };
 
 constexpr int kRows = 2, kPanels = 1;

@@ -10,12 +10,10 @@
 
 #include <cstddef>
 
+#include "kernels/cpu/block32_avx512vnni.h"
 #include "kernels/cpu/gemm_kernels.h"
 #include "kernels/cpu/gemm_x86.h"
 #include "kernels/cpu/simd_x86.h"
-#include "kernels/quant/q4.h"
-#include "kernels/quant/q5.h"
-#include "kernels/quant/q8.h"
 
 namespace tessera {
 namespace {
@@ -50,57 +48,12 @@ struct Ops512 {
   }
 };
 
-// 16 bytes of nibbles -> 32 codes in element order (low nibbles, then high).
-inline __m256i Nibbles(const uint8_t* qs) {
-  const __m256i v = _mm256_broadcastsi128_si256(Load128(qs));
-  const __m256i shifted =
-      _mm256_srlv_epi16(v, _mm256_setr_epi64x(0, 0, 0x0004000400040004, 0x0004000400040004));
-  return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F));
-}
-
-// Q5: bit j of qh adds 16 to element j.
-inline __m256i Codes5(const uint8_t* qs, const uint8_t* qh) {
-  const __m256i nib = Nibbles(qs);
-  return _mm256_mask_add_epi8(nib, _cvtu32_mask32(LoadU32(qh)), nib, _mm256_set1_epi8(0x10));
-}
-
-struct Q4_0 {
-  static constexpr int kBytes = sizeof(BlockQ4_0);
-  static constexpr bool kOffset = true, kSignedCodes = false;
-  static __m256i Codes(const uint8_t* b) { return Nibbles(b + offsetof(BlockQ4_0, qs)); }
-  static float Off(const uint8_t*, float d) { return -8.0f * d; }
-};
-
-struct Q4_1 {
-  static constexpr int kBytes = sizeof(BlockQ4_1);
-  static constexpr bool kOffset = true, kSignedCodes = false;
-  static __m256i Codes(const uint8_t* b) { return Nibbles(b + offsetof(BlockQ4_1, qs)); }
-  static float Off(const uint8_t* b, float) { return LoadFp16(b + offsetof(BlockQ4_1, m)); }
-};
-
-struct Q5_0 {
-  static constexpr int kBytes = sizeof(BlockQ5_0);
-  static constexpr bool kOffset = true, kSignedCodes = false;
-  static __m256i Codes(const uint8_t* b) {
-    return Codes5(b + offsetof(BlockQ5_0, qs), b + offsetof(BlockQ5_0, qh));
-  }
-  static float Off(const uint8_t*, float d) { return -16.0f * d; }
-};
-
-struct Q5_1 {
-  static constexpr int kBytes = sizeof(BlockQ5_1);
-  static constexpr bool kOffset = true, kSignedCodes = false;
-  static __m256i Codes(const uint8_t* b) {
-    return Codes5(b + offsetof(BlockQ5_1, qs), b + offsetof(BlockQ5_1, qh));
-  }
-  static float Off(const uint8_t* b, float) { return LoadFp16(b + offsetof(BlockQ5_1, m)); }
-};
-
-struct Q8_0 {
-  static constexpr int kBytes = sizeof(BlockQ8_0);
-  static constexpr bool kOffset = false, kSignedCodes = true;
+// The tiles multiply weight codes as vpdpbusd's signed operand, so Q8_0's int8 values go in as
+// stored (the row-dot kernels' Q8_0 feeds w + 128 as the unsigned operand instead).
+struct Q8_0Signed : Q8_0 {
+  static constexpr bool kSignedCodes = true;
+  static constexpr int kCodeBias = 0;
   static __m256i Codes(const uint8_t* b) { return Load256(b + offsetof(BlockQ8_0, qs)); }
-  static float Off(const uint8_t*, float) { return 0.0f; }
 };
 
 constexpr int kRows = 4, kPanels = 2;
@@ -118,7 +71,7 @@ GemmRowsFn Avx512VnniGemmRows(GgmlType type) {
     case GgmlType::kQ5_1:
       return GemmRows<Ops512, Q5_1, kRows, kPanels>;
     case GgmlType::kQ8_0:
-      return GemmRows<Ops512, Q8_0, kRows, kPanels>;
+      return GemmRows<Ops512, Q8_0Signed, kRows, kPanels>;
     default:
       return nullptr;
   }

@@ -9,10 +9,9 @@
 //   LoadA(p), Bcast(p)   64 / (32 kVecs) bytes of panel codes; one 32-bit weight group to all lanes
 //   Dot(acc, a, w)       acc + per-lane sum of 4 products of a's bytes with w's bytes (exact)
 //   ZeroI, SetI, ZeroF, SetF, LoadF, StoreF, Cvt, Mul, Add, Opaque (blocks FMA contraction)
-// Fmt (a weight format on one ISA) provides:
-//   kBytes, kOffset (whether off_w can be nonzero), kSignedCodes,
-//   Codes(block) -> 32 codes as bytes in element order, Off(block, d) -> off_w
-// as in dot_scalar.cc: w = d * code + off_w.
+// Fmt is a block format of block32_avx2.h / block32_avx512vnni.h (kBytes, kSignedCodes,
+// kCodeBias = 0, Codes, kOffsetFactor and kOffsetField): w = d * code + off_w with
+// off_w = kOffsetFactor * (the fp16 at kOffsetField), as in dot_scalar.cc.
 #ifndef TESSERA_KERNELS_CPU_GEMM_X86_H_
 #define TESSERA_KERNELS_CPU_GEMM_X86_H_
 
@@ -51,6 +50,7 @@ inline DecodedRow ViewDecodedRow(const uint8_t* p, int64_t n_blocks) {
 template <typename Fmt>
 inline void DecodeBlock(const uint8_t* blk, int64_t s, uint8_t* codes_out, int32_t* bias, float* d,
                         float* off) {
+  static_assert(Fmt::kCodeBias == 0, "the GEMM multiplies the codes as they are");
   const __m256i codes = Fmt::Codes(blk);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes_out + 32 * s), codes);
   // Sum of the codes: vpsadbw against zero sums unsigned bytes; signed codes are biased first.
@@ -63,7 +63,7 @@ inline void DecodeBlock(const uint8_t* blk, int64_t s, uint8_t* codes_out, int32
   if (Fmt::kSignedCodes) sum -= 32 * 128;
   bias[s] = -128 * sum;
   d[s] = LoadFp16(blk);  // every 32-element format stores d first
-  off[s] = Fmt::Off(blk, d[s]);
+  off[s] = Fmt::kOffsetFactor * LoadFp16(blk + Fmt::kOffsetField);
 }
 
 // The blocks of one weight row in chain-major order (gemm_kernels.h), like the panels. The
@@ -128,7 +128,7 @@ void GemmTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blo
           for (int r = 0; r < MR; ++r) {
             F t = Ops::Opaque(
                 Ops::Mul(Ops::Mul(Ops::SetF(rows[r].d[k]), da), Ops::Cvt(is[r][p][v])));
-            if constexpr (Fmt::kOffset) {
+            if constexpr (Fmt::kOffsetFactor != 0.0f) {
               t = Ops::Add(t, Ops::Opaque(Ops::Mul(Ops::SetF(rows[r].off[k]), ds)));
             }
             acc[r][p][v] = Ops::Add(acc[r][p][v], t);
