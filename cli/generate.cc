@@ -12,6 +12,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/grpc_client.h"
+#include "coordinator/request.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/status_macros.h"
 #include "model/chat_template.h"
@@ -181,7 +182,7 @@ absl::Status RunRemote(const GenerateOptions& o) {
                "time to first token %.1f ms (server: %.1f ms), decode %.1f tokens/s "
                "(server %s)\n",
                u.prompt_tokens(), static_cast<long long>(n),
-               FinishReasonText(t.last.finish_reason()).c_str(),
+               FinishReasonName(t.last.finish_reason()).c_str(),
                static_cast<unsigned long long>(seed), t.ttft_s * 1e3,
                u.time_to_first_token_s() * 1e3, n > 1 && decode_s > 0 ? (n - 1) / decode_s : 0.0,
                o.server.c_str());

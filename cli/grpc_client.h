@@ -46,9 +46,6 @@ grpc::Status StreamGenerate(v1::Tessera::Stub& stub, const v1::GenerateRequest& 
 // "INVALID_ARGUMENT", "UNAVAILABLE", ...
 std::string StatusCodeName(grpc::StatusCode code);
 
-// "length", "stop", "eos", "cancelled" or "unfinished".
-std::string FinishReasonText(v1::FinishReason reason);
-
 }  // namespace tessera::cli
 
 #endif  // TESSERA_CLI_GRPC_CLIENT_H_

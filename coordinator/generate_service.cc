@@ -31,21 +31,6 @@ std::string ErrorOutcome(const absl::Status& status) {
   }
 }
 
-std::string FinishOutcome(v1::FinishReason reason) {
-  switch (reason) {
-    case v1::FINISH_REASON_LENGTH:
-      return "length";
-    case v1::FINISH_REASON_STOP:
-      return "stop";
-    case v1::FINISH_REASON_EOS:
-      return "eos";
-    case v1::FINISH_REASON_CANCELLED:
-      return "cancelled";
-    default:
-      return "internal";
-  }
-}
-
 absl::Time DeadlineOf(const grpc::ServerContext& context) {
   const auto d = context.deadline();
   if (d == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
@@ -195,7 +180,7 @@ grpc::Status GenerateService::Drain(grpc::ServerContext* context, RequestStream&
         const bool last = message.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
         if (last && metrics != nullptr) {
           const v1::Usage& u = message.usage();
-          metrics->RequestFinished(FinishOutcome(message.finish_reason()));
+          metrics->RequestFinished(FinishReasonName(message.finish_reason()));
           metrics->PromptTokens(u.prompt_tokens());
           metrics->GeneratedTokens(u.generated_tokens());
           if (u.generated_tokens() > 0) metrics->TimeToFirstToken(u.time_to_first_token_s());

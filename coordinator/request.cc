@@ -4,6 +4,21 @@
 
 namespace tessera {
 
+std::string FinishReasonName(v1::FinishReason reason) {
+  switch (reason) {
+    case v1::FINISH_REASON_LENGTH:
+      return "length";
+    case v1::FINISH_REASON_STOP:
+      return "stop";
+    case v1::FINISH_REASON_EOS:
+      return "eos";
+    case v1::FINISH_REASON_CANCELLED:
+      return "cancelled";
+    default:
+      return "unfinished";
+  }
+}
+
 void RequestStream::Push(v1::GenerateResponse message) {
   absl::MutexLock lock(&mu_);
   if (finished_.has_value()) return;

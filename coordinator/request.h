@@ -27,6 +27,10 @@
 
 namespace tessera {
 
+// "length", "stop", "eos" or "cancelled"; "unfinished" for FINISH_REASON_UNSPECIFIED. Used in
+// metrics labels and the CLI's summaries.
+std::string FinishReasonName(v1::FinishReason reason);
+
 class RequestStream {
  public:
   RequestStream() = default;
