@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/kernels/matmul_testutil.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/quant/types.h"
@@ -30,25 +31,6 @@ namespace {
 constexpr int64_t kNoGemm = std::numeric_limits<int64_t>::max();
 constexpr int64_t kRows = 37;  // three 16-row thread chunks, not a multiple of any tile
 constexpr int64_t kMaxBatch = 33;
-
-std::vector<CpuIsa> AvailableIsas() {
-  std::vector<CpuIsa> out;
-  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Vnni}) {
-    if (CpuIsaAvailable(isa)) out.push_back(isa);
-  }
-  return out;
-}
-
-ThreadPool* Pool(int n_threads) {
-  static auto* pools = new std::vector<std::unique_ptr<ThreadPool>>(4);
-  auto& p = (*pools)[static_cast<size_t>(n_threads)];
-  if (p == nullptr) p = std::make_unique<ThreadPool>(n_threads);
-  return p.get();
-}
-
-bool IsFloatType(GgmlType t) {
-  return t == GgmlType::kF32 || t == GgmlType::kF16 || t == GgmlType::kBF16;
-}
 
 // Columns for a block count: blocks of the type, or for the float formats that many groups of
 // 8 elements plus 3 (so the 16-lane loop, the 8-step and the scalar tail all run).
@@ -97,7 +79,7 @@ std::vector<float> RunMatMul(const QuantMatrix& w, const float* x, int64_t n_bat
   MatMulOptions options;
   options.isa = isa;
   options.gemm_min_batch = gemm_min_batch;
-  const absl::Status st = MatMulQ(w, x, n_batch, y.data(), Pool(n_threads), &scratch, options);
+  const absl::Status st = MatMulQ(w, x, n_batch, y.data(), TestPool(n_threads), &scratch, options);
   EXPECT_TRUE(st.ok()) << st;
   return y;
 }
@@ -174,10 +156,6 @@ TEST_P(BatchInvarianceTest, InstructionSetsAgreeWithTheScalarKernelsBitForBit) {
       }
     }
   }
-}
-
-std::string TypeName(const testing::TestParamInfo<GgmlType>& info) {
-  return GgmlTypeName(info.param);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, BatchInvarianceTest,

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/kernels/matmul_testutil.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/quant/fp16.h"
@@ -33,36 +34,6 @@
 
 namespace tessera {
 namespace {
-
-std::vector<CpuIsa> SimdIsas() {
-  std::vector<CpuIsa> out;
-  for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Vnni}) {
-    if (CpuIsaAvailable(isa)) out.push_back(isa);
-  }
-  return out;
-}
-
-ThreadPool* Pool(int n_threads) {
-  static auto* pools = new std::vector<std::unique_ptr<ThreadPool>>(8);
-  auto& p = (*pools)[static_cast<size_t>(n_threads)];
-  if (p == nullptr) p = std::make_unique<ThreadPool>(n_threads);
-  return p.get();
-}
-
-std::vector<size_t> ScaleOffsets(GgmlType t) {
-  switch (t) {
-    case GgmlType::kQ4_0:
-      return {offsetof(BlockQ4_0, d)};
-    case GgmlType::kQ4_1:
-      return {offsetof(BlockQ4_1, d), offsetof(BlockQ4_1, m)};
-    case GgmlType::kQ5_0:
-      return {offsetof(BlockQ5_0, d)};
-    case GgmlType::kQ5_1:
-      return {offsetof(BlockQ5_1, d), offsetof(BlockQ5_1, m)};
-    default:
-      return {offsetof(BlockQ8_0, d)};
-  }
-}
 
 struct TestMatrix {
   std::vector<uint8_t> bytes;
@@ -167,7 +138,7 @@ std::vector<float> RunMatMul(const QuantMatrix& w, const std::vector<float>& x, 
   options.isa = isa;
   options.gemm_min_batch = gemm_min_batch;
   const absl::Status st =
-      MatMulQ(w, x.data(), n_batch, y.data(), Pool(n_threads), &scratch, options);
+      MatMulQ(w, x.data(), n_batch, y.data(), TestPool(n_threads), &scratch, options);
   EXPECT_TRUE(st.ok()) << st;
   return y;
 }
@@ -204,7 +175,7 @@ TEST_P(GemmTest, MatchesFloat64ReferenceAndTheScalarKernelBitForBit) {
       const std::vector<float> x = MakeActivations(s.batch, cols, &rng);
       const Reference ref = ComputeReference(traits(), w.view, x.data(), s.batch);
       const std::vector<float> y_scalar = RunMatMul(w.view, x, s.batch, 1, CpuIsa::kScalar, 1);
-      for (CpuIsa isa : SimdIsas()) {
+      for (CpuIsa isa : AvailableIsas(/*simd_only=*/true)) {
         // gemm_min_batch 1: the tiled path even for the batches below the default threshold.
         const std::vector<float> y = RunMatMul(w.view, x, s.batch, s.threads, isa, 1);
         for (size_t i = 0; i < y.size(); ++i) {
@@ -223,7 +194,7 @@ TEST_P(GemmTest, MatchesFloat64ReferenceAndTheScalarKernelBitForBit) {
       }
     }
   }
-  if (!SimdIsas().empty()) {
+  if (!AvailableIsas(/*simd_only=*/true).empty()) {
     EXPECT_GT(checked, 0);
   }
 }
@@ -245,7 +216,7 @@ TEST_P(GemmTest, RowOutputDoesNotDependOnBatchPositionOrSize) {
   constexpr Placement kPlacements[] = {{1, 0, 1},   {3, 2, 2},   {7, 6, 3},   {8, 0, 2},
                                        {8, 7, 1},   {16, 15, 3}, {17, 16, 2}, {40, 21, 3},
                                        {64, 33, 2}, {64, 63, 1}};
-  for (CpuIsa isa : SimdIsas()) {
+  for (CpuIsa isa : AvailableIsas(/*simd_only=*/true)) {
     for (const Placement& pl : kPlacements) {
       std::vector<float> x = MakeActivations(pl.batch, cols, &rng);
       std::copy(probe.begin(), probe.end(), x.begin() + pl.position * cols);
@@ -269,7 +240,7 @@ TEST_P(GemmTest, ThresholdSwitchesPathWithoutChangingABit) {
   for (int64_t batch : {kDefaultGemmMinBatch - 1, kDefaultGemmMinBatch}) {
     const std::vector<float> x = MakeActivations(batch, cols, &rng);
     const Reference ref = ComputeReference(traits(), w.view, x.data(), batch);
-    for (CpuIsa isa : SimdIsas()) {
+    for (CpuIsa isa : AvailableIsas(/*simd_only=*/true)) {
       const std::vector<float> tiled = RunMatMul(w.view, x, batch, 2, isa, 1);
       const std::vector<float> row_dot = RunMatMul(w.view, x, batch, 2, isa, batch + 1);
       const std::vector<float> dflt = RunMatMul(w.view, x, batch, 2, isa, kDefaultGemmMinBatch);
@@ -283,10 +254,6 @@ TEST_P(GemmTest, ThresholdSwitchesPathWithoutChangingABit) {
       }
     }
   }
-}
-
-std::string TypeName(const testing::TestParamInfo<GgmlType>& info) {
-  return GgmlTypeName(info.param);
 }
 
 INSTANTIATE_TEST_SUITE_P(Block32Types, GemmTest,

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/kernels/matmul_testutil.h"
 #include "kernels/cpu/act_quant.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/quant/fp16.h"
@@ -39,28 +40,6 @@
 
 namespace tessera {
 namespace {
-
-constexpr CpuIsa kAllIsas[] = {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512,
-                               CpuIsa::kAvx512Vnni};
-
-std::vector<CpuIsa> AvailableIsas() {
-  std::vector<CpuIsa> out;
-  for (CpuIsa isa : kAllIsas) {
-    if (CpuIsaAvailable(isa)) out.push_back(isa);
-  }
-  return out;
-}
-
-ThreadPool* Pool(int n_threads) {
-  static auto* pools = new std::vector<std::unique_ptr<ThreadPool>>(16);
-  auto& p = (*pools)[static_cast<size_t>(n_threads)];
-  if (p == nullptr) p = std::make_unique<ThreadPool>(n_threads);
-  return p.get();
-}
-
-bool IsFloatType(GgmlType t) {
-  return t == GgmlType::kF32 || t == GgmlType::kF16 || t == GgmlType::kBF16;
-}
 
 // Columns for size class 1..5: 1..5 super-blocks for the k-quants; for the 32-element
 // formats block counts on both sides of the kernels' groups of 8 blocks (1, 3, 8, 13, 40);
@@ -74,33 +53,6 @@ int64_t ColsFor(const QuantTraits& traits, int size_class) {
 }
 
 // Offsets of the fp16 scale fields in one block (random raw blocks get finite values there).
-std::vector<size_t> ScaleOffsets(GgmlType t) {
-  switch (t) {
-    case GgmlType::kQ4_0:
-      return {offsetof(BlockQ4_0, d)};
-    case GgmlType::kQ4_1:
-      return {offsetof(BlockQ4_1, d), offsetof(BlockQ4_1, m)};
-    case GgmlType::kQ5_0:
-      return {offsetof(BlockQ5_0, d)};
-    case GgmlType::kQ5_1:
-      return {offsetof(BlockQ5_1, d), offsetof(BlockQ5_1, m)};
-    case GgmlType::kQ8_0:
-      return {offsetof(BlockQ8_0, d)};
-    case GgmlType::kQ2_K:
-      return {offsetof(BlockQ2_K, d), offsetof(BlockQ2_K, dmin)};
-    case GgmlType::kQ3_K:
-      return {offsetof(BlockQ3_K, d)};
-    case GgmlType::kQ4_K:
-      return {offsetof(BlockQ4_K, d), offsetof(BlockQ4_K, dmin)};
-    case GgmlType::kQ5_K:
-      return {offsetof(BlockQ5_K, d), offsetof(BlockQ5_K, dmin)};
-    case GgmlType::kQ6_K:
-      return {offsetof(BlockQ6_K, d)};
-    default:
-      return {};
-  }
-}
-
 // A weight matrix owned by the test. Rows are `stride` bytes apart (>= the row's bytes).
 struct TestMatrix {
   std::vector<uint8_t> bytes;
@@ -227,7 +179,7 @@ std::vector<float> RunMatMul(const QuantMatrix& w, const std::vector<float>& x, 
   MatMulOptions options;
   options.isa = isa;
   const absl::Status st =
-      MatMulQ(w, x.data(), n_batch, y.data(), Pool(n_threads), &scratch, options);
+      MatMulQ(w, x.data(), n_batch, y.data(), TestPool(n_threads), &scratch, options);
   EXPECT_TRUE(st.ok()) << st;
   return y;
 }
@@ -333,10 +285,6 @@ TEST_P(MatMulTypeTest, SimdAgreesWithScalar) {
       }
     }
   }
-}
-
-std::string TypeName(const testing::TestParamInfo<GgmlType>& info) {
-  return GgmlTypeName(info.param);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, MatMulTypeTest,
@@ -445,9 +393,9 @@ TEST(MatMulTest, EmptyProductsWriteNothing) {
   std::vector<float> x(64, 1.0f), y(1, 42.0f);
   MatMulScratch scratch;
   QuantMatrix w{GgmlType::kQ4_0, 0, 64, 36, data.data()};
-  EXPECT_TRUE(MatMulQ(w, x.data(), 1, y.data(), Pool(2), &scratch).ok());
+  EXPECT_TRUE(MatMulQ(w, x.data(), 1, y.data(), TestPool(2), &scratch).ok());
   w.rows = 1;
-  EXPECT_TRUE(MatMulQ(w, x.data(), 0, y.data(), Pool(2), &scratch).ok());
+  EXPECT_TRUE(MatMulQ(w, x.data(), 0, y.data(), TestPool(2), &scratch).ok());
   EXPECT_EQ(y[0], 42.0f);
 }
 
