@@ -42,17 +42,6 @@ sigset_t TerminationSignals(bool with_children) {
 
 bool g_with_children = false;
 
-ReplicaLoad ToReplicaLoad(const SchedulerLoad& l) {
-  ReplicaLoad out;
-  out.ready = l.ready;
-  out.state = l.state;
-  out.waiting = l.waiting;
-  out.running = l.running;
-  out.kv_blocks_used = l.kv_blocks_used;
-  out.kv_blocks_total = l.kv_blocks_total;
-  return out;
-}
-
 class Process final : public CoordinatorProcess {
  public:
   ~Process() override { Shutdown("coordinator stopped"); }
@@ -150,7 +139,7 @@ absl::StatusOr<std::unique_ptr<Process>> Process::Create(const CoordinatorFlags&
                              Scheduler::Create(p->cluster_->executor(r), so));
     Scheduler* sp = s.get();
     replicas.push_back({[sp](ScheduledRequest req) { return sp->Submit(std::move(req)); },
-                        [sp] { return ToReplicaLoad(sp->load()); }});
+                        [sp] { return sp->load(); }});
     p->schedulers_.push_back(std::move(s));
   }
 

@@ -28,21 +28,16 @@
 #include "absl/time/time.h"
 #include "coordinator/prepare_request.h"
 #include "coordinator/request.h"
+#include "coordinator/scheduler.h"
 #include "coordinator/served_model.h"
 #include "metrics/metrics.h"
 #include "tessera/v1/generate.grpc.pb.h"
 
 namespace tessera {
 
-// One replica's load as its scheduler sees it.
-struct ReplicaLoad {
-  bool ready = false;   // its group is ready (requests can run)
-  std::string state;    // why not ready ("waiting for 2 of 4 workers"); "ready" when ready
-  int64_t waiting = 0;  // queued requests
-  int64_t running = 0;  // sequences holding KV blocks
-  int64_t kv_blocks_used = 0;
-  int64_t kv_blocks_total = 0;
-};
+// One replica's load as its scheduler sees it (the service routes by ready, waiting, running
+// and the KV blocks, and reports them in GetModelInfo).
+using ReplicaLoad = SchedulerLoad;
 
 // A replica as the service routes to it.
 struct ServiceReplica {

@@ -565,17 +565,7 @@ class Stack {
     scheduler_ = *std::move(sc);
     Scheduler* sp = scheduler_.get();
     ServiceReplica replica{[sp](ScheduledRequest r) { return sp->Submit(std::move(r)); },
-                           [sp] {
-                             const SchedulerLoad l = sp->load();
-                             ReplicaLoad out;
-                             out.ready = l.ready;
-                             out.state = l.state;
-                             out.waiting = l.waiting;
-                             out.running = l.running;
-                             out.kv_blocks_used = l.kv_blocks_used;
-                             out.kv_blocks_total = l.kv_blocks_total;
-                             return out;
-                           }};
+                           [sp] { return sp->load(); }};
     served_ = std::make_unique<Served>(model, std::vector<ServiceReplica>{replica});
   }
   ~Stack() {
