@@ -60,6 +60,10 @@ struct RopeParams {
 // The inverse frequency of each rotated pair (rope_dims / 2 values), with llama3 scaling.
 std::vector<float> RopeFrequencies(const RopeParams& p);
 
+// OK when rope_dims is even, in (0, head_dim], and freq_factors is empty or has rope_dims / 2
+// values; INVALID_ARGUMENT naming the dims otherwise. Every backend's Rope checks this first.
+absl::Status CheckRopeParams(const RopeParams& p);
+
 // Geometry of the paged KV cache a backend allocates for its shard.
 struct KvLayout {
   int n_layers = 0;     // layers this shard owns

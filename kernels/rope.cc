@@ -2,8 +2,18 @@
 #include <cmath>
 
 #include "kernels/backend.h"
+#include "absl/strings/str_cat.h"
 
 namespace tessera {
+
+absl::Status CheckRopeParams(const RopeParams& p) {
+  if (p.rope_dims <= 0 || p.rope_dims > p.head_dim || p.rope_dims % 2 ||
+      (!p.freq_factors.empty() && p.freq_factors.size() != static_cast<size_t>(p.rope_dims / 2))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad RoPE dims ", p.rope_dims, " for head_dim ", p.head_dim));
+  }
+  return absl::OkStatus();
+}
 
 std::vector<float> RopeFrequencies(const RopeParams& p) {
   constexpr double kPi = 3.14159265358979323846;

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/quant/types.h"
+#include "kernels/status_macros.h"
 
 namespace tessera {
 namespace {
@@ -210,12 +211,7 @@ absl::Status CpuBackend::RmsNorm(const float* x, const Weight& weight, int64_t n
 
 absl::Status CpuBackend::Rope(float* x, int64_t n_tokens, int n_heads, const int32_t* positions,
                               const RopeParams& params) {
-  if (params.rope_dims <= 0 || params.rope_dims > params.head_dim || params.rope_dims % 2 ||
-      (!params.freq_factors.empty() &&
-       params.freq_factors.size() != static_cast<size_t>(params.rope_dims / 2))) {
-    return absl::InvalidArgumentError(absl::StrCat("bad RoPE dims ", params.rope_dims,
-                                                   " for head_dim ", params.head_dim));
-  }
+  TESSERA_RETURN_IF_ERROR(CheckRopeParams(params));
   if (rope_cache_.empty() || !SameRope(params, rope_cache_params_)) {
     rope_cache_ = RopeFrequencies(params);
     rope_cache_params_ = params;

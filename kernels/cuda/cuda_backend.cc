@@ -427,12 +427,7 @@ absl::Status CudaBackend::RmsNorm(const float* x, const Weight& weight, int64_t 
 
 absl::Status CudaBackend::Rope(float* x, int64_t n_tokens, int n_heads, const int32_t* positions,
                                const RopeParams& params) {
-  if (params.rope_dims <= 0 || params.rope_dims > params.head_dim || params.rope_dims % 2 ||
-      (!params.freq_factors.empty() &&
-       params.freq_factors.size() != static_cast<size_t>(params.rope_dims / 2))) {
-    return absl::InvalidArgumentError(absl::StrCat("bad RoPE dims ", params.rope_dims,
-                                                   " for head_dim ", params.head_dim));
-  }
+  TESSERA_RETURN_IF_ERROR(CheckRopeParams(params));
   if (n_tokens <= 0) return absl::OkStatus();
   TESSERA_RETURN_IF_ERROR(Activate());
   const std::vector<float> freqs = RopeFrequencies(params);
