@@ -105,6 +105,21 @@ class Backend {
                              float* out) = 0;
   // y (n_tokens, w.rows) = x (n_tokens, w.cols) W^T.
   virtual absl::Status MatMul(const Weight& w, const float* x, int64_t n_tokens, float* y) = 0;
+  // Several products of one x (n_tokens, cols): y_i (n_tokens, w_i.rows) = x W_i^T for each of
+  // the n_outs outputs (a layer's Q, K and V projections; the FFN's gate and up). The same
+  // numbers as MatMul on each; a backend may prepare x once and run them as one launch. The
+  // default calls MatMul on each.
+  struct MatMulOut {
+    const Weight* w;
+    float* y;
+  };
+  virtual absl::Status MatMuls(const float* x, int64_t n_tokens, const MatMulOut* outs,
+                               int n_outs) {
+    for (int i = 0; i < n_outs; ++i) {
+      if (absl::Status s = MatMul(*outs[i].w, x, n_tokens, outs[i].y); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
   // y = x / sqrt(mean(x^2) + eps) * weight, per row of (n_tokens, dim). y may alias x.
   virtual absl::Status RmsNorm(const float* x, const Weight& weight, int64_t n_tokens, float eps,
                                float* y) = 0;

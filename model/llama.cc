@@ -244,9 +244,8 @@ absl::Status LlamaModel::Forward(const std::vector<SequenceStep>& batch,
     const Layer& L = layers_[i];
     // Attention block.
     TESSERA_RETURN_IF_ERROR(backend_->RmsNorm(x, *L.attn_norm, T, eps, h));
-    TESSERA_RETURN_IF_ERROR(backend_->MatMul(*L.wq, h, T, q));
-    TESSERA_RETURN_IF_ERROR(backend_->MatMul(*L.wk, h, T, k));
-    TESSERA_RETURN_IF_ERROR(backend_->MatMul(*L.wv, h, T, v));
+    const Backend::MatMulOut qkv[] = {{L.wq.get(), q}, {L.wk.get(), k}, {L.wv.get(), v}};
+    TESSERA_RETURN_IF_ERROR(backend_->MatMuls(h, T, qkv, 3));
     TESSERA_RETURN_IF_ERROR(backend_->Rope(q, T, static_cast<int>(n_heads_), pos, rope_));
     TESSERA_RETURN_IF_ERROR(backend_->Rope(k, T, static_cast<int>(n_kv_heads_), pos, rope_));
     TESSERA_RETURN_IF_ERROR(
@@ -256,8 +255,8 @@ absl::Status LlamaModel::Forward(const std::vector<SequenceStep>& batch,
     TESSERA_RETURN_IF_ERROR(backend_->Add(x, proj, T * c.n_embd));
     // Feed-forward block.
     TESSERA_RETURN_IF_ERROR(backend_->RmsNorm(x, *L.ffn_norm, T, eps, h));
-    TESSERA_RETURN_IF_ERROR(backend_->MatMul(*L.w_gate, h, T, gate));
-    TESSERA_RETURN_IF_ERROR(backend_->MatMul(*L.w_up, h, T, up));
+    const Backend::MatMulOut gate_up[] = {{L.w_gate.get(), gate}, {L.w_up.get(), up}};
+    TESSERA_RETURN_IF_ERROR(backend_->MatMuls(h, T, gate_up, 2));
     TESSERA_RETURN_IF_ERROR(backend_->SwiGlu(gate, up, T * n_ff_, gate));
     TESSERA_RETURN_IF_ERROR(backend_->MatMul(*L.w_down, gate, T, proj));
     TESSERA_RETURN_IF_ERROR(hooks_->AllReduceSum(proj, T * c.n_embd));

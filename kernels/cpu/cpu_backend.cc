@@ -169,6 +169,16 @@ absl::Status CpuBackend::MatMul(const Weight& w, const float* x, int64_t n_token
   return MatMulQ(w.matrix(), x, n_tokens, y, &pool_, &scratch_);
 }
 
+absl::Status CpuBackend::MatMuls(const float* x, int64_t n_tokens, const MatMulOut* outs,
+                                int n_outs) {
+  if (exact_matmul_ || n_outs > kMaxMatMulProducts) {
+    return Backend::MatMuls(x, n_tokens, outs, n_outs);
+  }
+  MatMulProduct products[kMaxMatMulProducts];
+  for (int i = 0; i < n_outs; ++i) products[i] = {&outs[i].w->matrix(), outs[i].y};
+  return MatMulQMany(products, n_outs, x, n_tokens, &pool_, &scratch_);
+}
+
 absl::Status CpuBackend::ExactMatMul(const QuantMatrix& w, const float* x, int64_t n_tokens,
                                      float* y) {
   const QuantTraits* traits = FindQuantTraits(w.type);

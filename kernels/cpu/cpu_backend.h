@@ -34,6 +34,8 @@ class CpuBackend final : public Backend {
   absl::Status Embed(const Weight& table, const int32_t* ids, int64_t n_tokens,
                      float* out) override;
   absl::Status MatMul(const Weight& w, const float* x, int64_t n_tokens, float* y) override;
+  absl::Status MatMuls(const float* x, int64_t n_tokens, const MatMulOut* outs,
+                       int n_outs) override;
   absl::Status RmsNorm(const float* x, const Weight& weight, int64_t n_tokens, float eps,
                        float* y) override;
   absl::Status Rope(float* x, int64_t n_tokens, int n_heads, const int32_t* positions,

@@ -108,18 +108,15 @@ bool MatMulSupports(GgmlType type) {
 
 MatMulOptions::MatMulOptions() : isa(DetectCpuIsa()) {}
 
-absl::Status MatMulQ(const QuantMatrix& w, const float* x, int64_t n_batch, float* y,
-                     ThreadPool* pool, MatMulScratch* scratch, const MatMulOptions& options) {
+namespace {
+
+// Checks one product's weight against the call; the messages name what is wrong.
+absl::Status CheckWeight(const QuantMatrix& w, int64_t n_batch) {
   const QuantTraits* traits = FindQuantTraits(w.type);
   if (traits == nullptr || !MatMulSupports(w.type)) {
     return absl::UnimplementedError(absl::StrCat("MatMulQ: weight type ", GgmlTypeName(w.type),
                                                  " (id ", static_cast<uint32_t>(w.type),
                                                  ") has no CPU kernel"));
-  }
-  if (!CpuIsaAvailable(options.isa)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "MatMulQ: instruction set ", std::string(CpuIsaName(options.isa)),
-        " was requested but this CPU ", "supports only: ", CpuFeaturesString(GetCpuFeatures())));
   }
   if (w.rows < 0 || w.cols <= 0 || n_batch < 0) {
     return absl::InvalidArgumentError(
@@ -134,68 +131,172 @@ absl::Status MatMulQ(const QuantMatrix& w, const float* x, int64_t n_batch, floa
         absl::StrCat("MatMulQ: row stride ", w.row_bytes, " bytes is less than the ", *row_bytes,
                      " bytes of one ", traits->name, " row of ", w.cols, " elements"));
   }
-  if (w.rows == 0 || n_batch == 0) return absl::OkStatus();
-  if (w.data == nullptr || x == nullptr || y == nullptr || scratch == nullptr) {
+  return absl::OkStatus();
+}
+
+// One product as the workers see it.
+struct ProductPlan {
+  const QuantMatrix* w;
+  float* y;
+  RowDotFn dot;
+  GemmRowsFn gemm;    // nullptr: the row-dot path
+  const uint8_t* act;  // x in the product's activation format
+  int64_t act_stride;
+  const uint8_t* panels;  // the tiled path's packed activations
+  int64_t n_blocks;
+  int64_t tile_rows;   // rows per cached tile of the row-dot path
+  int64_t chunk_rows;  // rows per chunk handed to a thread
+  int64_t chunk_end;   // one past this product's last chunk in the call's chunk numbering
+};
+
+constexpr ActFormat kQuantizedFormats[] = {ActFormat::kBlock32, ActFormat::kBlock256};
+
+// Rows [begin, end) of one product.
+void RunRows(const ProductPlan& p, int64_t begin, int64_t end, int64_t n_batch) {
+  const QuantMatrix& w = *p.w;
+  if (p.gemm != nullptr) {
+    p.gemm(w.row(0), w.row_bytes, begin, end, p.n_blocks, p.panels, n_batch, p.y, w.rows);
+    return;
+  }
+  for (int64_t r0 = begin; r0 < end; r0 += p.tile_rows) {
+    const int64_t r1 = std::min(end, r0 + p.tile_rows);
+    for (int64_t b = 0; b < n_batch; b += kMaxActRows) {
+      const int n_act = static_cast<int>(std::min<int64_t>(kMaxActRows, n_batch - b));
+      for (int64_t r = r0; r < r1; ++r) {
+        p.dot(w.row(r), p.n_blocks, p.act + b * p.act_stride, p.act_stride, n_act,
+              p.y + b * w.rows + r, w.rows);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+absl::Status MatMulQ(const QuantMatrix& w, const float* x, int64_t n_batch, float* y,
+                     ThreadPool* pool, MatMulScratch* scratch, const MatMulOptions& options) {
+  const MatMulProduct product{&w, y};
+  return MatMulQMany(&product, 1, x, n_batch, pool, scratch, options);
+}
+
+absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const float* x,
+                         int64_t n_batch, ThreadPool* pool, MatMulScratch* scratch,
+                         const MatMulOptions& options) {
+  if (n_products < 1 || n_products > kMaxMatMulProducts || products == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("MatMulQMany: ", n_products,
+                                                   " products; 1 to ", kMaxMatMulProducts, " allowed"));
+  }
+  for (int i = 0; i < n_products; ++i) {
+    if (products[i].w == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("MatMulQMany: product ", i, " has no weight"));
+    }
+    absl::Status s = CheckWeight(*products[i].w, n_batch);
+    if (s.ok() && products[i].w->cols != products[0].w->cols) {
+      s = absl::InvalidArgumentError(absl::StrCat("MatMulQ: ", products[i].w->cols,
+                                                  " columns, but the input has ",
+                                                  products[0].w->cols));
+    }
+    if (!s.ok()) {
+      if (n_products == 1) return s;
+      return absl::Status(s.code(), absl::StrCat("product ", i, ": ", s.message()));
+    }
+  }
+  if (!CpuIsaAvailable(options.isa)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "MatMulQ: instruction set ", std::string(CpuIsaName(options.isa)),
+        " was requested but this CPU ", "supports only: ", CpuFeaturesString(GetCpuFeatures())));
+  }
+  bool any_rows = false;
+  for (int i = 0; i < n_products; ++i) any_rows = any_rows || products[i].w->rows > 0;
+  if (n_batch == 0 || !any_rows) return absl::OkStatus();
+  if (x == nullptr || scratch == nullptr) {
     return absl::InvalidArgumentError("MatMulQ: null weight, input, output or scratch pointer");
   }
-
-  const RowDotFn dot = FindRowDot(w.type, options.isa);
-  const GemmRowsFn gemm =
-      n_batch >= options.gemm_min_batch ? FindGemmRows(w.type, options.isa) : nullptr;
-  const ActFormat format = ActFormatFor(w.type);
-  const int64_t act_stride = ActRowBytes(format, w.cols);
-  const int64_t n_blocks = w.cols / traits->block_elems;
-  const uint8_t* act = reinterpret_cast<const uint8_t*>(x);
-  const uint8_t* panels = nullptr;
-  if (format != ActFormat::kFloat) {
-    // 64 spare bytes to start the rows on a cache line (aligned vector loads, no line splits);
-    // the tiled path's panels follow the rows (a multiple of 64 bytes).
-    const int64_t panel_bytes = gemm != nullptr ? GemmPanelBytes(n_batch, n_blocks) : 0;
-    scratch->activations.resize(static_cast<size_t>(n_batch * act_stride + panel_bytes + 64));
-    uint8_t* base = scratch->activations.data();
-    base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
-    QuantizeActivations(format, options.isa != CpuIsa::kScalar, x, n_batch, w.cols, base);
-    act = base;
-    if (gemm != nullptr) {
-      uint8_t* packed = base + n_batch * act_stride;
-      PackGemmPanels(act, act_stride, n_batch, n_blocks, packed);
-      panels = packed;
+  for (int i = 0; i < n_products; ++i) {
+    if (products[i].w->rows > 0 && (products[i].w->data == nullptr || products[i].y == nullptr)) {
+      return absl::InvalidArgumentError("MatMulQ: null weight, input, output or scratch pointer");
     }
   }
 
-  const int64_t tile_rows = std::max<int64_t>(1, kTileWeightBytes / *row_bytes);
-  const int64_t rows = w.rows;
-  // Rows are handed out in contiguous chunks from a shared counter rather than as one fixed
-  // share per thread. Each chunk is still a long sequential stream (friendly to the
-  // prefetchers, and outputs of different threads only meet at chunk edges, multiples of 16
-  // rows = 64-byte lines of y), but a thread that is slowed down (a core shared with other
-  // work) no longer holds everyone up at the join: the others take its remaining chunks.
+  const int64_t cols = products[0].w->cols;
   const int n_threads = pool == nullptr ? 1 : pool->size();
-  const int64_t chunk_rows =
-      std::max<int64_t>(16, (rows / (8 * static_cast<int64_t>(n_threads)) + 15) / 16 * 16);
-  std::atomic<int64_t> next_row{0};
-  auto work = [&](int /*thread*/, int /*n_threads*/) {
-    for (;;) {
-      const int64_t begin = next_row.fetch_add(chunk_rows, std::memory_order_relaxed);
-      if (begin >= rows) return;
-      const int64_t end = std::min(rows, begin + chunk_rows);
-      if (gemm != nullptr) {
-        gemm(w.row(0), w.row_bytes, begin, end, n_blocks, panels, n_batch, y, rows);
-        continue;
-      }
-      for (int64_t r0 = begin; r0 < end; r0 += tile_rows) {
-        const int64_t r1 = std::min(end, r0 + tile_rows);
-        for (int64_t b = 0; b < n_batch; b += kMaxActRows) {
-          const int n_act = static_cast<int>(std::min<int64_t>(kMaxActRows, n_batch - b));
-          for (int64_t r = r0; r < r1; ++r) {
-            dot(w.row(r), n_blocks, act + b * act_stride, act_stride, n_act, y + b * rows + r,
-                rows);
-          }
-        }
+  ProductPlan plans[kMaxMatMulProducts];
+  // Which quantized activation formats (and, per format, whether packed panels) are needed.
+  bool need_rows[3] = {}, need_panels[3] = {};
+  for (int i = 0; i < n_products; ++i) {
+    const QuantMatrix& w = *products[i].w;
+    const QuantTraits* traits = FindQuantTraits(w.type);
+    ProductPlan& p = plans[i];
+    p.w = &w;
+    p.y = products[i].y;
+    p.dot = FindRowDot(w.type, options.isa);
+    p.gemm = n_batch >= options.gemm_min_batch ? FindGemmRows(w.type, options.isa) : nullptr;
+    const ActFormat format = ActFormatFor(w.type);
+    p.act_stride = ActRowBytes(format, cols);
+    p.act = reinterpret_cast<const uint8_t*>(x);
+    p.panels = nullptr;
+    p.n_blocks = cols / traits->block_elems;
+    p.tile_rows = std::max<int64_t>(1, kTileWeightBytes / *RowBytes(*traits, cols));
+    // Rows are handed out in contiguous chunks from a shared counter rather than as one fixed
+    // share per thread. Each chunk is still a long sequential stream (friendly to the
+    // prefetchers, and outputs of different threads only meet at chunk edges, multiples of 16
+    // rows = 64-byte lines of y), but a thread that is slowed down (a core shared with other
+    // work) no longer holds everyone up at the join: the others take its remaining chunks.
+    p.chunk_rows =
+        std::max<int64_t>(16, (w.rows / (8 * static_cast<int64_t>(n_threads)) + 15) / 16 * 16);
+    const int64_t n_chunks = (w.rows + p.chunk_rows - 1) / p.chunk_rows;
+    p.chunk_end = (i == 0 ? 0 : plans[i - 1].chunk_end) + n_chunks;
+    need_rows[static_cast<int>(format)] = true;
+    if (p.gemm != nullptr) need_panels[static_cast<int>(format)] = true;
+  }
+
+  // Each needed format's rows (then its panels) in one scratch buffer, 64-byte aligned: aligned
+  // vector loads, no line splits; the rows and panels are multiples of 64 bytes.
+  const int64_t n_blocks32 = cols / 32;
+  int64_t offset[3] = {}, total = 0;
+  for (ActFormat f : kQuantizedFormats) {
+    const int fi = static_cast<int>(f);
+    if (!need_rows[fi]) continue;
+    offset[fi] = total;
+    total += (n_batch * ActRowBytes(f, cols) + 63) / 64 * 64;
+    if (need_panels[fi]) total += GemmPanelBytes(n_batch, n_blocks32);
+  }
+  if (total > 0) {
+    scratch->activations.resize(static_cast<size_t>(total + 64));
+    uint8_t* base = scratch->activations.data();
+    base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
+    for (ActFormat f : kQuantizedFormats) {
+      const int fi = static_cast<int>(f);
+      if (!need_rows[fi]) continue;
+      uint8_t* rows = base + offset[fi];
+      const int64_t stride = ActRowBytes(f, cols);
+      QuantizeActivations(f, options.isa != CpuIsa::kScalar, x, n_batch, cols, rows);
+      // Only the 32-element formats have tiled kernels (block32 panels).
+      uint8_t* panels = rows + (n_batch * stride + 63) / 64 * 64;
+      if (need_panels[fi]) PackGemmPanels(rows, stride, n_batch, n_blocks32, panels);
+      for (int i = 0; i < n_products; ++i) {
+        if (ActFormatFor(plans[i].w->type) != f) continue;
+        plans[i].act = rows;
+        if (plans[i].gemm != nullptr) plans[i].panels = panels;
       }
     }
+  }
+
+  const int64_t n_chunks = plans[n_products - 1].chunk_end;
+  if (n_chunks == 0) return absl::OkStatus();
+  std::atomic<int64_t> next_chunk{0};
+  auto work = [&](int /*thread*/, int /*n_threads*/) {
+    int i = 0;  // chunks are numbered product by product, so i only moves forward
+    for (;;) {
+      const int64_t c = next_chunk.fetch_add(1, std::memory_order_relaxed);
+      if (c >= n_chunks) return;
+      while (c >= plans[i].chunk_end) ++i;
+      const ProductPlan& p = plans[i];
+      const int64_t first = i == 0 ? 0 : plans[i - 1].chunk_end;
+      const int64_t begin = (c - first) * p.chunk_rows;
+      RunRows(p, begin, std::min(p.w->rows, begin + p.chunk_rows), n_batch);
+    }
   };
-  if (n_threads == 1 || rows <= chunk_rows) {
+  if (n_threads == 1 || n_chunks == 1) {
     work(0, 1);
   } else {
     pool->Run(work);

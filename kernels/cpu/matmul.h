@@ -68,6 +68,23 @@ absl::Status MatMulQ(const QuantMatrix& w, const float* x, int64_t n_batch, floa
                      ThreadPool* pool, MatMulScratch* scratch,
                      const MatMulOptions& options = MatMulOptions());
 
+// The most products one MatMulQMany call takes.
+inline constexpr int kMaxMatMulProducts = 8;
+
+// One product of MatMulQMany: y (n_batch, w->rows) = x W^T.
+struct MatMulProduct {
+  const QuantMatrix* w;
+  float* y;
+};
+
+// Several products of the same x (n_batch, cols), e.g. a layer's Q, K and V projections: the
+// same results, bit for bit, as MatMulQ on each, but x is quantized once per activation format
+// and all weight rows are shared out in one pass of the pool (one fork-join instead of one per
+// product). Every w must have `cols` columns; errors as MatMulQ's, naming the product.
+absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const float* x,
+                         int64_t n_batch, ThreadPool* pool, MatMulScratch* scratch,
+                         const MatMulOptions& options = MatMulOptions());
+
 }  // namespace tessera
 
 #endif  // TESSERA_KERNELS_CPU_MATMUL_H_

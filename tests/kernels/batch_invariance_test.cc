@@ -158,6 +158,65 @@ TEST_P(BatchInvarianceTest, InstructionSetsAgreeWithTheScalarKernelsBitForBit) {
   }
 }
 
+// MatMulQMany (the Q/K/V and gate/up products of one input, one pass of the pool): each product
+// is the same bits as MatMulQ on it alone, with formats of both activation layouts, a float
+// one, and the tiled and row-dot paths in one call.
+TEST(MatMulQManyTest, EachProductEqualsMatMulQAlone) {
+  std::mt19937 rng(7);
+  const int64_t cols = 512;  // whole blocks of every format
+  const GgmlType types[] = {GgmlType::kQ4_K, GgmlType::kQ6_K, GgmlType::kQ4_0, GgmlType::kF32,
+                            GgmlType::kQ8_0};
+  std::vector<std::vector<uint8_t>> bytes;
+  std::vector<QuantMatrix> ws;
+  for (GgmlType t : types) {
+    const QuantTraits& traits = *FindQuantTraits(t);
+    bytes.push_back(MakeWeights(traits, cols, &rng));
+    ws.push_back({t, kRows, cols, *RowBytes(traits, cols), bytes.back().data()});
+  }
+  for (int64_t n : {int64_t{1}, int64_t{3}, int64_t{16}, kMaxBatch}) {
+    const std::vector<float> x = MakeActivations(n, cols, &rng);
+    for (CpuIsa isa : AvailableIsas()) {
+      for (int threads : {1, 2, 3}) {
+        std::vector<std::vector<float>> ys;
+        std::vector<MatMulProduct> products;
+        for (const QuantMatrix& w : ws) {
+          ys.emplace_back(static_cast<size_t>(n * kRows), std::nanf(""));
+          products.push_back({&w, ys.back().data()});
+        }
+        MatMulScratch scratch;
+        MatMulOptions options;
+        options.isa = isa;
+        const absl::Status st = MatMulQMany(products.data(), static_cast<int>(products.size()),
+                                            x.data(), n, TestPool(threads), &scratch, options);
+        ASSERT_TRUE(st.ok()) << st;
+        for (size_t i = 0; i < ws.size(); ++i) {
+          const std::vector<float> alone =
+              RunMatMul(ws[i], x.data(), n, 1, isa, kDefaultGemmMinBatch);
+          ASSERT_TRUE(SameBits(ys[i].data(), alone.data(), n * kRows))
+              << GgmlTypeName(types[i]) << " " << CpuIsaName(isa) << " batch " << n
+              << " threads " << threads;
+        }
+      }
+    }
+  }
+}
+
+TEST(MatMulQManyTest, RejectsProductsOfDifferentWidthsAndTooMany) {
+  std::vector<uint8_t> data(4096);
+  const QuantMatrix a{GgmlType::kQ4_0, 2, 64, 36, data.data()};
+  const QuantMatrix b{GgmlType::kQ4_0, 2, 96, 54, data.data()};
+  std::vector<float> x(96), y(4);
+  MatMulScratch scratch;
+  const MatMulProduct two[] = {{&a, y.data()}, {&b, y.data()}};
+  absl::Status st = MatMulQMany(two, 2, x.data(), 1, nullptr, &scratch);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(st.message().find("product 1"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("96"), std::string::npos) << st;
+  std::vector<MatMulProduct> many(kMaxMatMulProducts + 1, MatMulProduct{&a, y.data()});
+  st = MatMulQMany(many.data(), static_cast<int>(many.size()), x.data(), 1, nullptr, &scratch);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+}
+
 INSTANTIATE_TEST_SUITE_P(AllTypes, BatchInvarianceTest,
                          testing::Values(GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16,
                                          GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0,
