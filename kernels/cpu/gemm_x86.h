@@ -165,36 +165,68 @@ auto SelectTile(int mr, int np) -> void (*)(const DecodedRow*, const uint8_t* co
 
 // GemmRowsFn (gemm_kernels.h). Weight rows are taken MR at a time: decoded once into the
 // thread's buffer (a few KiB per row, stays in L1/L2), then every panel pair passes over them.
+// The results of up to kOutRows consecutive rows gather in a cached buffer, batch row by batch
+// row, and go to y as one contiguous run per batch row: y's rows are w.rows floats apart, so
+// writing each tile's outputs straight to y would touch a different cache line per element.
 template <typename Ops, typename Fmt, int MR, int NP>
 void GemmRows(const uint8_t* w, int64_t w_stride, int64_t row_begin, int64_t row_end,
               int64_t n_blocks, const uint8_t* panels, int64_t n_batch, float* y,
               int64_t y_stride) {
+  constexpr int kOutRows = 16;
+  static_assert(kOutRows % MR == 0, "a group of output rows is whole tiles");
   thread_local std::vector<uint8_t> buffer;
+  thread_local std::vector<float> gathered;
   const int64_t dec_bytes = DecodedRowBytes(n_blocks);
   buffer.resize(static_cast<size_t>(MR * dec_bytes + 64));
+  gathered.resize(static_cast<size_t>(n_batch * kOutRows));
   uint8_t* dec = buffer.data();
   dec += (64 - reinterpret_cast<uintptr_t>(dec) % 64) % 64;
   const int64_t n_panels = (n_batch + kGemmPanelRows - 1) / kGemmPanelRows;
   alignas(64) float out[MR * NP * 16];
   DecodedRow rows[MR];
-  for (int64_t r0 = row_begin; r0 < row_end; r0 += MR) {
-    const int mr = static_cast<int>(std::min<int64_t>(MR, row_end - r0));
-    for (int i = 0; i < mr; ++i) {
-      DecodeRow<Fmt>(w + (r0 + i) * w_stride, n_blocks, dec + i * dec_bytes);
-      rows[i] = ViewDecodedRow(dec + i * dec_bytes, n_blocks);
-    }
-    for (int64_t p0 = 0; p0 < n_panels; p0 += NP) {
-      const int np = static_cast<int>(std::min<int64_t>(NP, n_panels - p0));
-      const uint8_t* panel[NP];
-      for (int p = 0; p < np; ++p) panel[p] = panels + (p0 + p) * n_blocks * kGemmPanelBlockBytes;
-      SelectTile<Ops, Fmt, MR, NP>(mr, np)(rows, panel, n_blocks, out);
+  for (int64_t g0 = row_begin; g0 < row_end; g0 += kOutRows) {
+    const int g_rows = static_cast<int>(std::min<int64_t>(kOutRows, row_end - g0));
+    for (int64_t r0 = g0; r0 < g0 + g_rows; r0 += MR) {
+      const int mr = static_cast<int>(std::min<int64_t>(MR, g0 + g_rows - r0));
       for (int i = 0; i < mr; ++i) {
+        DecodeRow<Fmt>(w + (r0 + i) * w_stride, n_blocks, dec + i * dec_bytes);
+        rows[i] = ViewDecodedRow(dec + i * dec_bytes, n_blocks);
+      }
+      // The next rows' bytes start on their way to L2 while the tiles run (the hardware
+      // prefetcher alone leaves DecodeRow waiting on memory at the start of each group).
+      if (r0 + MR < row_end) {
+        const uint8_t* next = w + (r0 + MR) * w_stride;
+        const int64_t next_bytes = std::min<int64_t>(MR, row_end - r0 - MR) * w_stride;
+        for (int64_t off = 0; off < next_bytes; off += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(next + off), _MM_HINT_T1);
+        }
+      }
+      for (int64_t p0 = 0; p0 < n_panels; p0 += NP) {
+        const int np = static_cast<int>(std::min<int64_t>(NP, n_panels - p0));
+        const uint8_t* panel[NP];
+        for (int p = 0; p < np; ++p) {
+          panel[p] = panels + (p0 + p) * n_blocks * kGemmPanelBlockBytes;
+        }
+        SelectTile<Ops, Fmt, MR, NP>(mr, np)(rows, panel, n_blocks, out);
         for (int p = 0; p < np; ++p) {
           const int64_t b0 = (p0 + p) * kGemmPanelRows;
           const int lanes = static_cast<int>(std::min<int64_t>(kGemmPanelRows, n_batch - b0));
-          const float* o = out + (i * np + p) * 16;
-          for (int j = 0; j < lanes; ++j) y[(b0 + j) * y_stride + r0 + i] = o[j];
+          float* dst = gathered.data() + b0 * kOutRows + (r0 - g0);
+          for (int i = 0; i < mr; ++i) {
+            const float* o = out + (i * np + p) * 16;
+            for (int j = 0; j < lanes; ++j) dst[j * kOutRows + i] = o[j];
+          }
         }
+      }
+    }
+    for (int64_t b = 0; b < n_batch; ++b) {
+      const float* src = gathered.data() + b * kOutRows;
+      float* dst = y + b * y_stride + g0;
+      if (g_rows == kOutRows) {  // two vector moves, not a (slow-starting) rep movs
+        _mm256_storeu_ps(dst, _mm256_loadu_ps(src));
+        _mm256_storeu_ps(dst + 8, _mm256_loadu_ps(src + 8));
+      } else {
+        std::memcpy(dst, src, static_cast<size_t>(g_rows) * sizeof(float));
       }
     }
   }
