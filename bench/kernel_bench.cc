@@ -161,7 +161,8 @@ int Main() {
   MatMulOptions options;
   if (const std::string isa = absl::GetFlag(FLAGS_isa); !isa.empty()) {
     bool found = false;
-    for (CpuIsa c : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Vnni}) {
+    for (CpuIsa c : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Vnni,
+                     CpuIsa::kAmx}) {
       if (CpuIsaName(c) == isa) {
         options.isa = c;
         found = true;

@@ -96,6 +96,14 @@ struct Q8_0 {
   static __m256i Dot(__m256i codes, const int8_t* a) { return DotVnni(codes, a); }
 };
 
+// The tiled GEMMs (gemm_avx512vnni.cc, gemm_amx.cc) multiply weight codes as the signed
+// operand (vpdpbusd's, tdpbsud's), so Q8_0's int8 values go in as stored.
+struct Q8_0Signed : Q8_0 {
+  static constexpr bool kSignedCodes = true;
+  static constexpr int kCodeBias = 0;
+  static __m256i Codes(const uint8_t* b) { return Load256(b + offsetof(BlockQ8_0, qs)); }
+};
+
 }  // namespace
 }  // namespace tessera
 

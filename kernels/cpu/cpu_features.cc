@@ -6,6 +6,10 @@
 #include <cpuid.h>
 #define TESSERA_X86 1
 #endif
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace tessera {
 namespace {
@@ -20,6 +24,18 @@ uint64_t ReadXcr0() {
 }
 
 bool Bit(uint32_t reg, int bit) { return (reg >> bit) & 1u; }
+
+// Linux hands the AMX tile data state (XTILEDATA, 8 KiB per thread) only to processes that ask
+// for it; until then the tile instructions fault. The grant is process-wide and permanent.
+bool RequestAmxPermission() {
+#if defined(__linux__) && defined(__x86_64__)
+  constexpr int kArchReqXcompPerm = 0x1023;
+  constexpr int kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
 
 CpuFeatures Detect() {
   CpuFeatures f;
@@ -39,6 +55,11 @@ CpuFeatures Detect() {
   f.avx2 = os_ymm && avx2 && fma && f16c && bmi2;
   f.avx512 = f.avx2 && os_zmm && avx512f && avx512dq && avx512bw && avx512vl;
   f.avx512_vnni = f.avx512 && avx512vnni;
+  // AMX: cpuid 7.0 EDX bits 24 (tile) and 25 (int8); XCR0 bits 17 (tile config) and 18
+  // (tile data).
+  const bool amx_tile = Bit(edx, 24), amx_int8 = Bit(edx, 25);
+  const bool os_tiles = (xcr0 & 0x60000) == 0x60000;
+  f.amx_int8 = f.avx512_vnni && amx_tile && amx_int8 && os_tiles && RequestAmxPermission();
   return f;
 }
 #else
@@ -62,6 +83,7 @@ std::string CpuFeaturesString(const CpuFeatures& f) {
   add(f.avx2, "avx2");
   add(f.avx512, "avx512");
   add(f.avx512_vnni, "avx512_vnni");
+  add(f.amx_int8, "amx_int8");
   return s.empty() ? "none" : s;
 }
 

@@ -16,12 +16,15 @@ struct CpuFeatures {
   bool avx2 = false;    // with FMA, F16C and BMI2 (what the *_avx2.cc kernels are compiled for)
   bool avx512 = false;  // F, BW, VL, DQ (what the *_avx512.cc kernels are compiled for)
   bool avx512_vnni = false;  // avx512 plus VNNI (vpdpbusd)
+  // avx512_vnni plus AMX-TILE and AMX-INT8, with the tile state enabled by the OS and this
+  // process granted it (Linux: arch_prctl ARCH_REQ_XCOMP_PERM, requested during detection).
+  bool amx_int8 = false;
 };
 
 // Detected once per process.
 const CpuFeatures& GetCpuFeatures();
 
-// "avx2 avx512 avx512_vnni" (the flags that are set), for logs.
+// "avx2 avx512 avx512_vnni amx_int8" (the flags that are set), for logs.
 std::string CpuFeaturesString(const CpuFeatures& f);
 
 }  // namespace tessera

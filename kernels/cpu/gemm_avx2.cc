@@ -68,15 +68,15 @@ constexpr int kRows = 2, kPanels = 1;
 GemmRowsFn Avx2GemmRows(GgmlType type) {
   switch (type) {
     case GgmlType::kQ4_0:
-      return GemmRows<Ops256, Q4_0, kRows, kPanels>;
+      return GemmRows<Q4_0, kRows, kPanels, SelectTile<Ops256, Q4_0, kRows, kPanels>>;
     case GgmlType::kQ4_1:
-      return GemmRows<Ops256, Q4_1, kRows, kPanels>;
+      return GemmRows<Q4_1, kRows, kPanels, SelectTile<Ops256, Q4_1, kRows, kPanels>>;
     case GgmlType::kQ5_0:
-      return GemmRows<Ops256, Q5_0, kRows, kPanels>;
+      return GemmRows<Q5_0, kRows, kPanels, SelectTile<Ops256, Q5_0, kRows, kPanels>>;
     case GgmlType::kQ5_1:
-      return GemmRows<Ops256, Q5_1, kRows, kPanels>;
+      return GemmRows<Q5_1, kRows, kPanels, SelectTile<Ops256, Q5_1, kRows, kPanels>>;
     case GgmlType::kQ8_0:
-      return GemmRows<Ops256Signed, Q8_0, kRows, kPanels>;
+      return GemmRows<Q8_0, kRows, kPanels, SelectTile<Ops256Signed, Q8_0, kRows, kPanels>>;
     default:
       return nullptr;
   }

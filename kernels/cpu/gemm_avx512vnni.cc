@@ -48,14 +48,6 @@ struct Ops512 {
   }
 };
 
-// The tiles multiply weight codes as vpdpbusd's signed operand, so Q8_0's int8 values go in as
-// stored (the row-dot kernels' Q8_0 feeds w + 128 as the unsigned operand instead).
-struct Q8_0Signed : Q8_0 {
-  static constexpr bool kSignedCodes = true;
-  static constexpr int kCodeBias = 0;
-  static __m256i Codes(const uint8_t* b) { return Load256(b + offsetof(BlockQ8_0, qs)); }
-};
-
 constexpr int kRows = 4, kPanels = 2;
 
 }  // namespace
@@ -63,15 +55,15 @@ constexpr int kRows = 4, kPanels = 2;
 GemmRowsFn Avx512VnniGemmRows(GgmlType type) {
   switch (type) {
     case GgmlType::kQ4_0:
-      return GemmRows<Ops512, Q4_0, kRows, kPanels>;
+      return GemmRows<Q4_0, kRows, kPanels, SelectTile<Ops512, Q4_0, kRows, kPanels>>;
     case GgmlType::kQ4_1:
-      return GemmRows<Ops512, Q4_1, kRows, kPanels>;
+      return GemmRows<Q4_1, kRows, kPanels, SelectTile<Ops512, Q4_1, kRows, kPanels>>;
     case GgmlType::kQ5_0:
-      return GemmRows<Ops512, Q5_0, kRows, kPanels>;
+      return GemmRows<Q5_0, kRows, kPanels, SelectTile<Ops512, Q5_0, kRows, kPanels>>;
     case GgmlType::kQ5_1:
-      return GemmRows<Ops512, Q5_1, kRows, kPanels>;
+      return GemmRows<Q5_1, kRows, kPanels, SelectTile<Ops512, Q5_1, kRows, kPanels>>;
     case GgmlType::kQ8_0:
-      return GemmRows<Ops512, Q8_0Signed, kRows, kPanels>;
+      return GemmRows<Q8_0Signed, kRows, kPanels, SelectTile<Ops512, Q8_0Signed, kRows, kPanels>>;
     default:
       return nullptr;
   }

@@ -64,6 +64,7 @@ using GemmRowsFn = void (*)(const uint8_t* w, int64_t w_stride, int64_t row_begi
                             int64_t n_batch, float* y, int64_t y_stride);
 
 // nullptr where that ISA has no tiled kernel for `type` (the caller keeps the row-dot path).
+GemmRowsFn AmxGemmRows(GgmlType type);
 GemmRowsFn Avx512VnniGemmRows(GgmlType type);
 GemmRowsFn Avx2GemmRows(GgmlType type);
 

@@ -149,11 +149,16 @@ void GemmTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blo
   }
 }
 
+// A tile: rows[0 .. MR) (decoded, DecodedRowBytes apart in one buffer) against the panels
+// panel[0 .. NP), out[(r * NP + p) * 16 + lane]. Only the first mr rows and np panels of the
+// chosen tile are meaningful; the rest of rows[] points at stale but readable buffer memory.
+using TileFn = void (*)(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blocks,
+                        float* out);
+
 // The tile function for mr <= MR rows and np <= NP panels (edge tiles are smaller tiles, not
 // padded ones, so no work is wasted on rows that do not exist).
 template <typename Ops, typename Fmt, int MR, int NP>
-auto SelectTile(int mr, int np) -> void (*)(const DecodedRow*, const uint8_t* const*, int64_t,
-                                            float*) {
+TileFn SelectTile(int mr, int np) {
   if constexpr (MR > 1) {
     if (mr < MR) return SelectTile<Ops, Fmt, MR - 1, NP>(mr, np);
   }
@@ -168,7 +173,10 @@ auto SelectTile(int mr, int np) -> void (*)(const DecodedRow*, const uint8_t* co
 // The results of up to kOutRows consecutive rows gather in a cached buffer, batch row by batch
 // row, and go to y as one contiguous run per batch row: y's rows are w.rows floats apart, so
 // writing each tile's outputs straight to y would touch a different cache line per element.
-template <typename Ops, typename Fmt, int MR, int NP>
+// Select(mr, np) picks the tile for mr <= MR rows and np <= NP panels. Prepare, if given, runs
+// once per MR decoded rows before their tiles (the AMX kernels re-lay the rows' scales there).
+using PrepareFn = void (*)(const DecodedRow* rows, int64_t n_blocks);
+template <typename Fmt, int MR, int NP, TileFn (*Select)(int, int), PrepareFn Prepare = nullptr>
 void GemmRows(const uint8_t* w, int64_t w_stride, int64_t row_begin, int64_t row_end,
               int64_t n_blocks, const uint8_t* panels, int64_t n_batch, float* y,
               int64_t y_stride) {
@@ -177,7 +185,7 @@ void GemmRows(const uint8_t* w, int64_t w_stride, int64_t row_begin, int64_t row
   thread_local std::vector<uint8_t> buffer;
   thread_local std::vector<float> gathered;
   const int64_t dec_bytes = DecodedRowBytes(n_blocks);
-  buffer.resize(static_cast<size_t>(MR * dec_bytes + 64));
+  buffer.resize(static_cast<size_t>(MR * dec_bytes + 64));  // new bytes are zeros
   gathered.resize(static_cast<size_t>(n_batch * kOutRows));
   uint8_t* dec = buffer.data();
   dec += (64 - reinterpret_cast<uintptr_t>(dec) % 64) % 64;
@@ -188,10 +196,11 @@ void GemmRows(const uint8_t* w, int64_t w_stride, int64_t row_begin, int64_t row
     const int g_rows = static_cast<int>(std::min<int64_t>(kOutRows, row_end - g0));
     for (int64_t r0 = g0; r0 < g0 + g_rows; r0 += MR) {
       const int mr = static_cast<int>(std::min<int64_t>(MR, g0 + g_rows - r0));
-      for (int i = 0; i < mr; ++i) {
-        DecodeRow<Fmt>(w + (r0 + i) * w_stride, n_blocks, dec + i * dec_bytes);
+      for (int i = 0; i < MR; ++i) {
+        if (i < mr) DecodeRow<Fmt>(w + (r0 + i) * w_stride, n_blocks, dec + i * dec_bytes);
         rows[i] = ViewDecodedRow(dec + i * dec_bytes, n_blocks);
       }
+      if constexpr (Prepare != nullptr) Prepare(rows, n_blocks);
       // The next rows' bytes start on their way to L2 while the tiles run (the hardware
       // prefetcher alone leaves DecodeRow waiting on memory at the start of each group).
       if (r0 + MR < row_end) {
@@ -207,7 +216,7 @@ void GemmRows(const uint8_t* w, int64_t w_stride, int64_t row_begin, int64_t row
         for (int p = 0; p < np; ++p) {
           panel[p] = panels + (p0 + p) * n_blocks * kGemmPanelBlockBytes;
         }
-        SelectTile<Ops, Fmt, MR, NP>(mr, np)(rows, panel, n_blocks, out);
+        Select(mr, np)(rows, panel, n_blocks, out);
         for (int p = 0; p < np; ++p) {
           const int64_t b0 = (p0 + p) * kGemmPanelRows;
           const int lanes = static_cast<int>(std::min<int64_t>(kGemmPanelRows, n_batch - b0));

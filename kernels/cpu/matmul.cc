@@ -25,7 +25,7 @@ constexpr int64_t kTileWeightBytes = 16 * 1024;
 // Kernel for `type` on `isa`, falling back to the next lower instruction set.
 RowDotFn FindRowDot(GgmlType type, CpuIsa isa) {
   RowDotFn fn = nullptr;
-  if (isa == CpuIsa::kAvx512Vnni) fn = Avx512VnniRowDot(type);
+  if (isa == CpuIsa::kAvx512Vnni || isa == CpuIsa::kAmx) fn = Avx512VnniRowDot(type);
   // AVX-512 without VNNI has no kernels of its own: for these memory-bound loops its wider
   // registers buy little over AVX2 (and Zen 4 splits them anyway), so it runs the AVX2 ones.
   if (fn == nullptr && isa != CpuIsa::kScalar) fn = Avx2RowDot(type);
@@ -36,6 +36,9 @@ RowDotFn FindRowDot(GgmlType type, CpuIsa isa) {
 // Tiled kernel for `type` on `isa`, or nullptr (scalar, or a type without one).
 GemmRowsFn FindGemmRows(GgmlType type, CpuIsa isa) {
   switch (isa) {
+    case CpuIsa::kAmx:
+      if (GemmRowsFn fn = AmxGemmRows(type); fn != nullptr) return fn;
+      return Avx512VnniGemmRows(type);
     case CpuIsa::kAvx512Vnni:
       return Avx512VnniGemmRows(type);
     case CpuIsa::kAvx512:
@@ -75,12 +78,15 @@ std::string_view CpuIsaName(CpuIsa isa) {
       return "avx512";
     case CpuIsa::kAvx512Vnni:
       return "avx512_vnni";
+    case CpuIsa::kAmx:
+      return "amx";
   }
   return "unknown";
 }
 
 CpuIsa DetectCpuIsa() {
   const CpuFeatures& f = GetCpuFeatures();
+  if (f.amx_int8) return CpuIsa::kAmx;
   if (f.avx512_vnni) return CpuIsa::kAvx512Vnni;
   if (f.avx512) return CpuIsa::kAvx512;
   if (f.avx2) return CpuIsa::kAvx2;
@@ -98,6 +104,8 @@ bool CpuIsaAvailable(CpuIsa isa) {
       return f.avx512;
     case CpuIsa::kAvx512Vnni:
       return f.avx512_vnni;
+    case CpuIsa::kAmx:
+      return f.amx_int8;
   }
   return false;
 }

@@ -28,7 +28,9 @@
 
 namespace tessera {
 
-enum class CpuIsa { kScalar, kAvx2, kAvx512, kAvx512Vnni };
+// In increasing order of capability; kAmx is AVX-512 VNNI plus the AMX-INT8 tiles (used by the
+// tiled GEMM; the row-dot kernels are VNNI's).
+enum class CpuIsa { kScalar, kAvx2, kAvx512, kAvx512Vnni, kAmx };
 
 std::string_view CpuIsaName(CpuIsa isa);
 

@@ -16,7 +16,7 @@ namespace tessera {
 
 // Every instruction set, scalar first.
 inline constexpr CpuIsa kAllIsas[] = {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512,
-                                      CpuIsa::kAvx512Vnni};
+                                      CpuIsa::kAvx512Vnni, CpuIsa::kAmx};
 
 // The instruction sets this CPU has, scalar first; with simd_only, without scalar.
 std::vector<CpuIsa> AvailableIsas(bool simd_only = false);

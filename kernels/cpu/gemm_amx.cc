@@ -1,0 +1,196 @@
+// AMX-INT8 tiled kernels (gemm_kernels.h) for the 32-element block formats: the integer block
+// dots of 16 weight rows x 16 activation rows come from one tile multiply per block, and the
+// float part (the canonical term and chain sums of dot_kernels.h) runs in AVX-512 as in the
+// VNNI kernels, so the results are the same bits as every other path.
+//
+// Per block slot k of the chain-major order:
+//   A (16 rows x 32 bytes) = the 32 signed codes of 16 decoded weight rows (the thread's decode
+//                            buffer, DecodedRowBytes apart: loaded in place with that stride)
+//   B (8 rows x 64 bytes)  = the panel's block: row g holds bytes 4g..4g+3 of the 16 activation
+//                            rows, +128 (unsigned) -- the panel layout is exactly AMX's B layout
+//   C (16 x 16 int32)     += A . B with tdpbsud (signed x unsigned, exact), i.e. per weight row
+//                            the block's codes . (a + 128); adding -128 * sum(codes) (the
+//                            decoded bias) leaves codes . a exactly.
+// C goes through a small buffer into the AVX-512 epilogue: per weight row r, lanes = activation
+// rows, t = ((d_w * d_a) * dot) + off_w * ds added to the chain's accumulator. Two C tiles
+// alternate between consecutive blocks so that the next tile multiply overlaps the epilogue.
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cpu/block32_avx512vnni.h"
+#include "kernels/cpu/gemm_kernels.h"
+#include "kernels/cpu/gemm_x86.h"
+#include "kernels/cpu/simd_x86.h"
+
+namespace tessera {
+namespace {
+
+constexpr int kRows = 16;  // weight rows per tile: A's rows, C's rows
+constexpr int kPanels = 1;
+
+// Tile registers: two accumulators, two A and two B operands (one pair per block in flight).
+// GCC's tile intrinsics paste the register number into the instruction text, so the calls
+// below spell them as literals: C0 = 0, C1 = 1, A0 = 2, A1 = 3, B0 = 4, B1 = 5.
+enum : int { kC0 = 0, kC1 = 1, kA0 = 2, kA1 = 3, kB0 = 4, kB1 = 5 };
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// Loads the tile shapes into this thread's tile configuration (once per thread: nothing else
+// in the process configures tiles).
+void ConfigureTiles() {
+  thread_local bool configured = false;
+  if (configured) return;
+  TileConfig cfg = {};
+  cfg.palette_id = 1;
+  for (int c : {kC0, kC1}) {
+    cfg.rows[c] = 16;
+    cfg.colsb[c] = 64;
+  }
+  for (int a : {kA0, kA1}) {
+    cfg.rows[a] = kRows;
+    cfg.colsb[a] = 32;
+  }
+  for (int b : {kB0, kB1}) {
+    cfg.rows[b] = 8;
+    cfg.colsb[b] = 64;
+  }
+  // Not _tile_loadconfig: GCC 12's macro names only the first 8 bytes of the configuration as
+  // the asm's input, so the compiler may drop the stores to the rest; this operand is all 64.
+  __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
+  configured = true;
+}
+
+// GCC may fuse a product into a following add (-ffp-contract=fast in the intrinsics); an empty
+// asm makes the product an opaque rounded value (as Ops512::Opaque in gemm_avx512vnni.cc).
+inline __m512 Opaque(__m512 v) {
+  __asm__("" : "+v"(v));
+  return v;
+}
+
+// The 16 rows' per-block values re-laid block by block, so that the epilogue finds row r's
+// value of slot k at a constant offset from one pointer (a broadcast from memory) instead of
+// through 16 row pointers: slot k = d[16] | off[16] | bias[16] (int32).
+struct SlotScales {
+  float d[kRows];
+  float off[kRows];
+  int32_t bias[kRows];
+};
+thread_local std::vector<SlotScales> slot_scales;
+
+void PrepareScales(const DecodedRow* rows, int64_t n_blocks) {
+  slot_scales.resize(static_cast<size_t>(n_blocks));
+  for (int r = 0; r < kRows; ++r) {
+    for (int64_t k = 0; k < n_blocks; ++k) {
+      slot_scales[k].d[r] = rows[r].d[k];
+      slot_scales[k].off[r] = rows[r].off[k];
+      slot_scales[k].bias[r] = rows[r].bias[k];
+    }
+  }
+}
+
+// The canonical terms of block slot k (C of it in c[16 rows][16 lanes]) added to acc.
+template <typename Fmt>
+inline __attribute__((always_inline)) void AddBlockTerms(const int32_t* c, const SlotScales& s,
+                                                         const uint8_t* pb, __m512 acc[kRows]) {
+  const __m512 da = _mm512_load_ps(reinterpret_cast<const float*>(pb + 512));
+  const __m512 ds = _mm512_load_ps(reinterpret_cast<const float*>(pb + 576));
+#pragma GCC unroll 16
+  for (int r = 0; r < kRows; ++r) {
+    const __m512i dot =
+        _mm512_add_epi32(_mm512_load_si512(c + 16 * r), _mm512_set1_epi32(s.bias[r]));
+    __m512 t = Opaque(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(s.d[r]), da),
+                                    _mm512_maskz_cvtepi32_ps(0xFFFF, dot)));
+    if constexpr (Fmt::kOffsetFactor != 0.0f) {
+      t = _mm512_add_ps(t, Opaque(_mm512_mul_ps(_mm512_set1_ps(s.off[r]), ds)));
+    }
+    acc[r] = _mm512_add_ps(acc[r], t);
+  }
+}
+
+// TileFn (gemm_x86.h) for 16 rows x 1 panel; rows past the real ones give unused outputs.
+template <typename Fmt>
+void AmxTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blocks, float* out) {
+  ConfigureTiles();
+  const int64_t a_stride = DecodedRowBytes(n_blocks);
+  alignas(64) int32_t c0[16 * 16];
+  alignas(64) int32_t c1[16 * 16];
+  alignas(64) float chains[kSumChains][kRows * 16];
+  const SlotScales* scales = slot_scales.data();
+  for (int c = 0; c < kSumChains; ++c) {
+    __m512 acc[kRows];
+    for (__m512& a : acc) a = _mm512_setzero_ps();
+    const int64_t end = ChainStart(c + 1, n_blocks);
+    int64_t k = ChainStart(c, n_blocks);
+    auto pb = [&](int64_t slot) { return panel[0] + slot * kGemmPanelBlockBytes; };
+    for (; k + 1 < end; k += 2) {
+      _tile_zero(0);
+      _tile_loadd(2, rows[0].codes + 32 * k, a_stride);
+      _tile_loadd(4, pb(k), 64);
+      _tile_dpbsud(0, 2, 4);
+      _tile_zero(1);
+      _tile_loadd(3, rows[0].codes + 32 * (k + 1), a_stride);
+      _tile_loadd(5, pb(k + 1), 64);
+      _tile_dpbsud(1, 3, 5);
+      _tile_stored(0, c0, 64);
+      AddBlockTerms<Fmt>(c0, scales[k], pb(k), acc);
+      _tile_stored(1, c1, 64);
+      AddBlockTerms<Fmt>(c1, scales[k + 1], pb(k + 1), acc);
+    }
+    if (k < end) {
+      _tile_zero(0);
+      _tile_loadd(2, rows[0].codes + 32 * k, a_stride);
+      _tile_loadd(4, pb(k), 64);
+      _tile_dpbsud(0, 2, 4);
+      _tile_stored(0, c0, 64);
+      AddBlockTerms<Fmt>(c0, scales[k], pb(k), acc);
+    }
+    for (int r = 0; r < kRows; ++r) _mm512_store_ps(chains[c] + 16 * r, acc[r]);
+  }
+  for (int i = 0; i < kRows * 16; i += 16) {
+    auto at = [&](int c) { return _mm512_load_ps(chains[c] + i); };
+    const __m512 sum =
+        _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(at(0), at(4)), _mm512_add_ps(at(2), at(6))),
+                      _mm512_add_ps(_mm512_add_ps(at(1), at(5)), _mm512_add_ps(at(3), at(7))));
+    _mm512_store_ps(out + i, sum);
+  }
+}
+
+template <typename Fmt>
+TileFn SelectAmxTile(int /*mr*/, int /*np*/) {
+  return AmxTile<Fmt>;
+}
+
+template <typename Fmt>
+GemmRowsFn Rows() {
+  return GemmRows<Fmt, kRows, kPanels, SelectAmxTile<Fmt>, PrepareScales>;
+}
+
+}  // namespace
+
+GemmRowsFn AmxGemmRows(GgmlType type) {
+  switch (type) {
+    case GgmlType::kQ4_0:
+      return Rows<Q4_0>();
+    case GgmlType::kQ4_1:
+      return Rows<Q4_1>();
+    case GgmlType::kQ5_0:
+      return Rows<Q5_0>();
+    case GgmlType::kQ5_1:
+      return Rows<Q5_1>();
+    case GgmlType::kQ8_0:
+      return Rows<Q8_0Signed>();
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace tessera
