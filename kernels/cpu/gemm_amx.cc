@@ -8,9 +8,9 @@
 //                            buffer, DecodedRowBytes apart: loaded in place with that stride)
 //   B (8 rows x 64 bytes)  = the panel's block: row g holds bytes 4g..4g+3 of the 16 activation
 //                            rows, +128 (unsigned) -- the panel layout is exactly AMX's B layout
-//   C (16 x 16 int32)     += A . B with tdpbsud (signed x unsigned, exact), i.e. per weight row
-//                            the block's codes . (a + 128); adding -128 * sum(codes) (the
-//                            decoded bias) leaves codes . a exactly.
+//   C (16 x 16 int32)      = A . B (tdpbsud, signed x unsigned) + A . M (tdpbssd, M = all -128)
+//                          = per weight row, codes . (a + 128) - 128 sum(codes) = codes . a,
+//                            exactly.
 // C goes through a small buffer into the AVX-512 epilogue: per weight row r, lanes = activation
 // rows, t = ((d_w * d_a) * dot) + off_w * ds added to the chain's accumulator. Two C tiles
 // alternate between consecutive blocks so that the next tile multiply overlaps the epilogue.
@@ -31,10 +31,22 @@ namespace {
 constexpr int kRows = 16;  // weight rows per tile: A's rows, C's rows
 constexpr int kPanels = 1;
 
-// Tile registers: two accumulators, two A and two B operands (one pair per block in flight).
-// GCC's tile intrinsics paste the register number into the instruction text, so the calls
-// below spell them as literals: C0 = 0, C1 = 1, A0 = 2, A1 = 3, B0 = 4, B1 = 5.
-enum : int { kC0 = 0, kC1 = 1, kA0 = 2, kA1 = 3, kB0 = 4, kB1 = 5 };
+// Tile registers: two accumulators, two A and two B operands (one pair per block in flight),
+// and M = a B operand of all -128. GCC's tile intrinsics paste the register number into the
+// instruction text, so the calls below spell them as literals: C0 = 0, C1 = 1, A0 = 2,
+// A1 = 3, B0 = 4, B1 = 5, M = 6.
+enum : int { kC0 = 0, kC1 = 1, kA0 = 2, kA1 = 3, kB0 = 4, kB1 = 5, kM = 6 };
+
+// 8 rows x 64 bytes of 0x80: as tdpbssd's signed operand, -128 in every byte, so
+// C += A . M adds -128 * sum(codes) of each weight row's block to all of its lanes.
+alignas(64) constexpr uint8_t kMinus128[8 * 64] = {
+#define TESSERA_X8(v) v, v, v, v, v, v, v, v
+#define TESSERA_X64(v) TESSERA_X8(TESSERA_X8(v))
+    TESSERA_X64(0x80), TESSERA_X64(0x80), TESSERA_X64(0x80), TESSERA_X64(0x80),
+    TESSERA_X64(0x80), TESSERA_X64(0x80), TESSERA_X64(0x80), TESSERA_X64(0x80)
+#undef TESSERA_X64
+#undef TESSERA_X8
+};
 
 struct alignas(64) TileConfig {
   uint8_t palette_id;
@@ -59,7 +71,7 @@ void ConfigureTiles() {
     cfg.rows[a] = kRows;
     cfg.colsb[a] = 32;
   }
-  for (int b : {kB0, kB1}) {
+  for (int b : {kB0, kB1, kM}) {
     cfg.rows[b] = 8;
     cfg.colsb[b] = 64;
   }
@@ -76,23 +88,41 @@ inline __m512 Opaque(__m512 v) {
   return v;
 }
 
-// The 16 rows' per-block values re-laid block by block, so that the epilogue finds row r's
-// value of slot k at a constant offset from one pointer (a broadcast from memory) instead of
-// through 16 row pointers: slot k = d[16] | off[16] | bias[16] (int32).
+// The 16 rows' per-block scales laid out block slot by block slot, so that the epilogue finds
+// row r's value of slot k at a constant offset from one pointer (a broadcast from memory):
+// slot k = d[16] | off[16].
 struct SlotScales {
   float d[kRows];
   float off[kRows];
-  int32_t bias[kRows];
 };
 thread_local std::vector<SlotScales> slot_scales;
 
-void PrepareScales(const DecodedRow* rows, int64_t n_blocks) {
+// DecodeGroupFn (gemm_x86.h): each row's codes in chain-major slots as DecodeRow writes them,
+// the scales straight into slot_scales (rows past mr get zeros: their outputs are dropped, and
+// zero scales keep them finite). No code sums: the tile takes the +128 back itself.
+template <typename Fmt>
+void DecodeAmxGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, uint8_t* dec,
+                    DecodedRow* rows) {
+  static_assert(Fmt::kCodeBias == 0, "the tiles multiply the codes as they are");
+  const int64_t dec_bytes = DecodedRowBytes(n_blocks);
   slot_scales.resize(static_cast<size_t>(n_blocks));
+  SlotScales* scales = slot_scales.data();
+  int64_t start[kSumChains];
+  for (int c = 0; c < kSumChains; ++c) start[c] = ChainStart(c, n_blocks);
   for (int r = 0; r < kRows; ++r) {
+    uint8_t* codes = dec + r * dec_bytes;
+    rows[r] = ViewDecodedRow(codes, n_blocks);
+    if (r >= mr) {
+      for (int64_t k = 0; k < n_blocks; ++k) scales[k].d[r] = scales[k].off[r] = 0.0f;
+      continue;
+    }
+    const uint8_t* wr = w + r * w_stride;
     for (int64_t k = 0; k < n_blocks; ++k) {
-      slot_scales[k].d[r] = rows[r].d[k];
-      slot_scales[k].off[r] = rows[r].off[k];
-      slot_scales[k].bias[r] = rows[r].bias[k];
+      const uint8_t* blk = wr + k * Fmt::kBytes;
+      const int64_t slot = start[k % kSumChains] + k / kSumChains;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 32 * slot), Fmt::Codes(blk));
+      scales[slot].d[r] = LoadFp16(blk);  // every 32-element format stores d first
+      scales[slot].off[r] = Fmt::kOffsetFactor * LoadFp16(blk + Fmt::kOffsetField);
     }
   }
 }
@@ -105,8 +135,7 @@ inline __attribute__((always_inline)) void AddBlockTerms(const int32_t* c, const
   const __m512 ds = _mm512_load_ps(reinterpret_cast<const float*>(pb + 576));
 #pragma GCC unroll 16
   for (int r = 0; r < kRows; ++r) {
-    const __m512i dot =
-        _mm512_add_epi32(_mm512_load_si512(c + 16 * r), _mm512_set1_epi32(s.bias[r]));
+    const __m512i dot = _mm512_load_si512(c + 16 * r);
     __m512 t = Opaque(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(s.d[r]), da),
                                     _mm512_maskz_cvtepi32_ps(0xFFFF, dot)));
     if constexpr (Fmt::kOffsetFactor != 0.0f) {
@@ -121,6 +150,7 @@ template <typename Fmt>
 void AmxTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blocks, float* out) {
   ConfigureTiles();
   const int64_t a_stride = DecodedRowBytes(n_blocks);
+  _tile_loadd(6, kMinus128, 64);
   alignas(64) int32_t c0[16 * 16];
   alignas(64) int32_t c1[16 * 16];
   alignas(64) float chains[kSumChains][kRows * 16];
@@ -136,10 +166,12 @@ void AmxTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_bloc
       _tile_loadd(2, rows[0].codes + 32 * k, a_stride);
       _tile_loadd(4, pb(k), 64);
       _tile_dpbsud(0, 2, 4);
+      _tile_dpbssd(0, 2, 6);
       _tile_zero(1);
       _tile_loadd(3, rows[0].codes + 32 * (k + 1), a_stride);
       _tile_loadd(5, pb(k + 1), 64);
       _tile_dpbsud(1, 3, 5);
+      _tile_dpbssd(1, 3, 6);
       _tile_stored(0, c0, 64);
       AddBlockTerms<Fmt>(c0, scales[k], pb(k), acc);
       _tile_stored(1, c1, 64);
@@ -150,6 +182,7 @@ void AmxTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_bloc
       _tile_loadd(2, rows[0].codes + 32 * k, a_stride);
       _tile_loadd(4, pb(k), 64);
       _tile_dpbsud(0, 2, 4);
+      _tile_dpbssd(0, 2, 6);
       _tile_stored(0, c0, 64);
       AddBlockTerms<Fmt>(c0, scales[k], pb(k), acc);
     }
@@ -171,7 +204,7 @@ TileFn SelectAmxTile(int /*mr*/, int /*np*/) {
 
 template <typename Fmt>
 GemmRowsFn Rows() {
-  return GemmRows<Fmt, kRows, kPanels, SelectAmxTile<Fmt>, PrepareScales>;
+  return GemmRows<Fmt, kRows, kPanels, SelectAmxTile<Fmt>, DecodeAmxGroup<Fmt>>;
 }
 
 }  // namespace

@@ -173,10 +173,24 @@ TileFn SelectTile(int mr, int np) {
 // The results of up to kOutRows consecutive rows gather in a cached buffer, batch row by batch
 // row, and go to y as one contiguous run per batch row: y's rows are w.rows floats apart, so
 // writing each tile's outputs straight to y would touch a different cache line per element.
-// Select(mr, np) picks the tile for mr <= MR rows and np <= NP panels. Prepare, if given, runs
-// once per MR decoded rows before their tiles (the AMX kernels re-lay the rows' scales there).
-using PrepareFn = void (*)(const DecodedRow* rows, int64_t n_blocks);
-template <typename Fmt, int MR, int NP, TileFn (*Select)(int, int), PrepareFn Prepare = nullptr>
+// Decodes the mr <= MR weight rows at w (w_stride bytes apart) into dec (rows DecodedRowBytes
+// apart) and points rows[0 .. MR) at them; rows past mr point at the buffer's stale rows.
+using DecodeGroupFn = void (*)(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks,
+                               uint8_t* dec, DecodedRow* rows);
+
+template <typename Fmt, int MR>
+void DecodeGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, uint8_t* dec,
+                 DecodedRow* rows) {
+  const int64_t dec_bytes = DecodedRowBytes(n_blocks);
+  for (int i = 0; i < MR; ++i) {
+    if (i < mr) DecodeRow<Fmt>(w + i * w_stride, n_blocks, dec + i * dec_bytes);
+    rows[i] = ViewDecodedRow(dec + i * dec_bytes, n_blocks);
+  }
+}
+
+// Select(mr, np) picks the tile for mr <= MR rows and np <= NP panels; Decode fills the rows.
+template <typename Fmt, int MR, int NP, TileFn (*Select)(int, int),
+          DecodeGroupFn Decode = DecodeGroup<Fmt, MR>>
 void GemmRows(const uint8_t* w, int64_t w_stride, int64_t row_begin, int64_t row_end,
               int64_t n_blocks, const uint8_t* panels, int64_t n_batch, float* y,
               int64_t y_stride) {
@@ -196,11 +210,7 @@ void GemmRows(const uint8_t* w, int64_t w_stride, int64_t row_begin, int64_t row
     const int g_rows = static_cast<int>(std::min<int64_t>(kOutRows, row_end - g0));
     for (int64_t r0 = g0; r0 < g0 + g_rows; r0 += MR) {
       const int mr = static_cast<int>(std::min<int64_t>(MR, g0 + g_rows - r0));
-      for (int i = 0; i < MR; ++i) {
-        if (i < mr) DecodeRow<Fmt>(w + (r0 + i) * w_stride, n_blocks, dec + i * dec_bytes);
-        rows[i] = ViewDecodedRow(dec + i * dec_bytes, n_blocks);
-      }
-      if constexpr (Prepare != nullptr) Prepare(rows, n_blocks);
+      Decode(w + r0 * w_stride, w_stride, mr, n_blocks, dec, rows);
       // The next rows' bytes start on their way to L2 while the tiles run (the hardware
       // prefetcher alone leaves DecodeRow waiting on memory at the start of each group).
       if (r0 + MR < row_end) {
