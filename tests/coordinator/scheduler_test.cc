@@ -89,9 +89,9 @@ struct Spec {
   std::vector<int32_t> prompt;
   SamplingParams sampling;
   int64_t max_tokens = 8;  // 0: up to the context
-  std::vector<std::string> stop;
-  std::vector<int32_t> stop_token_ids;
-  std::vector<int32_t> eos_override;  // replaces the tokenizer's eos ids when set
+  std::vector<std::string> stop = {};
+  std::vector<int32_t> stop_token_ids = {};
+  std::vector<int32_t> eos_override = {};  // replaces the tokenizer's eos ids when set
 };
 
 SamplingParams Greedy() {
@@ -707,7 +707,9 @@ TEST_F(SchedulerTest, LogprobsArePresentWhenAskedAndNamed) {
       } else {
         EXPECT_FALSE(t.top_logprobs(k).text().empty());
       }
-      if (k > 0) EXPECT_GE(t.top_logprobs(k - 1).logprob(), t.top_logprobs(k).logprob());
+      if (k > 0) {
+        EXPECT_GE(t.top_logprobs(k - 1).logprob(), t.top_logprobs(k).logprob());
+      }
     }
   }
 }

@@ -487,7 +487,9 @@ TEST_F(StepRunnerTest, BothTensorRanksOfTheLastStageJoinTheLogitsGather) {
     absl::StatusOr<v1::StepResult> results[2];
     OnRanks(2, [&](int r) { results[r] = runners[r]->Run(step); });
     if (!results[1].ok()) return results[1].status();
-    if (results[0].ok()) EXPECT_EQ(results[1]->sampled_size(), 0);
+    if (results[0].ok()) {
+      EXPECT_EQ(results[1]->sampled_size(), 0);
+    }
     return results[0];
   };
   std::vector<SeqPlan> seqs(2);
