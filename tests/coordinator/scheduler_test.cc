@@ -197,10 +197,13 @@ class ControlledExecutor final : public StepExecutor {
     auto paused = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return paused_; };
     return mu_.AwaitWithTimeout(absl::Condition(&paused), absl::Seconds(60));
   }
-  void Resume() {
+  void Resume() { ResumeUntil(-1); }
+  // Resumes and pauses again before the call-th Execute (counted from the first), atomically:
+  // no step can slip past before the new pause point is set.
+  void ResumeUntil(int call) {
     absl::MutexLock lock(&mu_);
     paused_ = false;
-    pause_at_ = -1;
+    pause_at_ = call;
   }
   void SetDown(bool down) {
     absl::MutexLock lock(&mu_);
@@ -561,17 +564,24 @@ TEST_F(SchedulerTest, ExecutorFailureFailsTheRunningAndTheNextEpochServes) {
   SchedulerOptions o;
   o.max_running = 2;
   ASSERT_NO_FATAL_FAILURE(Start(/*kv_blocks=*/64, o));
-  front_->PauseAt(5);  // both have sampled by then
   Spec a{"a", Prompt(5, 1), Seeded(5), 20};
   Spec b{"b", Prompt(9, 2), Greedy(), 20};
   Spec c{"c", Prompt(7, 3), Seeded(9, 2), 10};  // waits: max_running = 2
   std::vector<Spec> specs = {a, b, c};
   std::vector<std::shared_ptr<RequestStream>> streams;
-  for (const Spec& s : specs) {
+  auto submit = [&](const Spec& s) {
     ScheduledRequest r = Request(s);
     streams.push_back(r.stream);
-    ASSERT_TRUE(scheduler_->Submit(std::move(r)).ok());
-  }
+    return scheduler_->Submit(std::move(r));
+  };
+  // Hold the first step (a alone) so that b and c are queued before the scheduler can run on;
+  // a slow test thread could otherwise submit them only after the step that fails.
+  front_->PauseAt(1);
+  ASSERT_TRUE(submit(a).ok());
+  ASSERT_TRUE(front_->WaitPaused());
+  ASSERT_TRUE(submit(b).ok());
+  ASSERT_TRUE(submit(c).ok());
+  front_->ResumeUntil(5);  // a and b both running and sampled by then
   ASSERT_TRUE(front_->WaitPaused());
   EXPECT_EQ(scheduler_->load().epoch, 1u);
   local_->FailNextStep("test kills the group", absl::Milliseconds(200));
