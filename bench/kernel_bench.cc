@@ -206,8 +206,8 @@ int Main() {
       if (const int reps = absl::GetFlag(FLAGS_ab_reps); reps > 0) {
         for (int64_t batch : batches) {
           MatMulOptions row_dot = options, tiled = options;
-          row_dot.gemm_min_batch = batch + 1;
-          tiled.gemm_min_batch = 1;
+          row_dot.gemm_min_batch = row_dot.kquant_gemm_min_batch = batch + 1;
+          tiled.gemm_min_batch = tiled.kquant_gemm_min_batch = 1;
           double best_row_dot = 1e30, best_tiled = 1e30;
           for (int rep = 0; rep < reps; ++rep) {
             const double min_s = absl::GetFlag(FLAGS_min_seconds);

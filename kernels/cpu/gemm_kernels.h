@@ -49,6 +49,18 @@ inline int64_t ChainSlot(int64_t k, int64_t n_blocks) {
 }
 }  // namespace
 
+// The k-quants' panels (ActBlock256 rows, 256-element super-blocks), same idea: per super-block
+//   64 groups x 64 bytes: group g, lane j = bytes a_j[4g .. 4g + 3] + 128 (unsigned)
+//   16 floats d_j
+//   8 x 64 bytes: pair i, lane j = the int16 sums bsum_j[2i], bsum_j[2i + 1] (for the mins)
+// = kKGemmPanelBlockBytes, super-blocks in chain-major order. Padding lanes: codes 0, d 0,
+// sums 0.
+inline constexpr int64_t kKGemmPanelBlockBytes = 64 * 64 + 16 * 4 + 8 * 64;  // 4672
+
+int64_t KGemmPanelBytes(int64_t n_batch, int64_t n_blocks);
+void PackKGemmPanels(const uint8_t* act, int64_t act_stride, int64_t n_batch, int64_t n_blocks,
+                     uint8_t* panels);
+
 // Bytes of the packed panels for n_batch rows of n_blocks blocks (64-byte multiple).
 int64_t GemmPanelBytes(int64_t n_batch, int64_t n_blocks);
 
@@ -67,6 +79,7 @@ using GemmRowsFn = void (*)(const uint8_t* w, int64_t w_stride, int64_t row_begi
 GemmRowsFn AmxGemmRows(GgmlType type);
 GemmRowsFn Avx512VnniGemmRows(GgmlType type);
 GemmRowsFn Avx2GemmRows(GgmlType type);
+GemmRowsFn Avx512VnniKGemmRows(GgmlType type);  // the k-quants, on the k-quant panels
 
 }  // namespace tessera
 

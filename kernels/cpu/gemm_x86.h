@@ -149,11 +149,13 @@ void GemmTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blo
   }
 }
 
-// A tile: rows[0 .. MR) (decoded, DecodedRowBytes apart in one buffer) against the panels
+// A tile: rows[0 .. MR) (decoded, Layout::RowBytes apart in one buffer) against the panels
 // panel[0 .. NP), out[(r * NP + p) * 16 + lane]. Only the first mr rows and np panels of the
 // chosen tile are meaningful; the rest of rows[] points at stale but readable buffer memory.
-using TileFn = void (*)(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blocks,
-                        float* out);
+template <typename Row>
+using TileFnFor = void (*)(const Row* rows, const uint8_t* const* panel, int64_t n_blocks,
+                           float* out);
+using TileFn = TileFnFor<DecodedRow>;
 
 // The tile function for mr <= MR rows and np <= NP panels (edge tiles are smaller tiles, not
 // padded ones, so no work is wasted on rows that do not exist).
@@ -168,15 +170,21 @@ TileFn SelectTile(int mr, int np) {
   return GemmTile<Ops, Fmt, MR, NP>;
 }
 
-// GemmRowsFn (gemm_kernels.h). Weight rows are taken MR at a time: decoded once into the
-// thread's buffer (a few KiB per row, stays in L1/L2), then every panel pair passes over them.
-// The results of up to kOutRows consecutive rows gather in a cached buffer, batch row by batch
-// row, and go to y as one contiguous run per batch row: y's rows are w.rows floats apart, so
-// writing each tile's outputs straight to y would touch a different cache line per element.
-// Decodes the mr <= MR weight rows at w (w_stride bytes apart) into dec (rows DecodedRowBytes
-// apart) and points rows[0 .. MR) at them; rows past mr point at the buffer's stale rows.
-using DecodeGroupFn = void (*)(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks,
-                               uint8_t* dec, DecodedRow* rows);
+// Decodes the mr <= MR weight rows at w (w_stride bytes apart) into dec (rows
+// Layout::RowBytes apart) and points rows[0 .. MR) at them; rows past mr point at the buffer's
+// stale rows.
+template <typename Row>
+using DecodeGroupFnFor = void (*)(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks,
+                                  uint8_t* dec, Row* rows);
+using DecodeGroupFn = DecodeGroupFnFor<DecodedRow>;
+
+// What GemmRowsOf needs of a family of block formats: the decoded row (Row), the buffer bytes
+// of one decoded row (RowBytes), and the panel bytes per block (kPanelBlockBytes).
+struct Block32Layout {
+  using Row = DecodedRow;
+  static int64_t RowBytes(int64_t n_blocks) { return DecodedRowBytes(n_blocks); }
+  static constexpr int64_t kPanelBlockBytes = kGemmPanelBlockBytes;
+};
 
 template <typename Fmt, int MR>
 void DecodeGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, uint8_t* dec,
@@ -188,24 +196,29 @@ void DecodeGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, u
   }
 }
 
+// GemmRowsFn (gemm_kernels.h). Weight rows are taken MR at a time: decoded once into the
+// thread's buffer (a few KiB per row, stays in L1/L2), then every panel pair passes over them.
+// The results of up to kOutRows consecutive rows gather in a cached buffer, batch row by batch
+// row, and go to y as one contiguous run per batch row: y's rows are w.rows floats apart, so
+// writing each tile's outputs straight to y would touch a different cache line per element.
 // Select(mr, np) picks the tile for mr <= MR rows and np <= NP panels; Decode fills the rows.
-template <typename Fmt, int MR, int NP, TileFn (*Select)(int, int),
-          DecodeGroupFn Decode = DecodeGroup<Fmt, MR>>
-void GemmRows(const uint8_t* w, int64_t w_stride, int64_t row_begin, int64_t row_end,
-              int64_t n_blocks, const uint8_t* panels, int64_t n_batch, float* y,
-              int64_t y_stride) {
+template <typename Layout, int MR, int NP, TileFnFor<typename Layout::Row> (*Select)(int, int),
+          DecodeGroupFnFor<typename Layout::Row> Decode>
+void GemmRowsOf(const uint8_t* w, int64_t w_stride, int64_t row_begin, int64_t row_end,
+                int64_t n_blocks, const uint8_t* panels, int64_t n_batch, float* y,
+                int64_t y_stride) {
   constexpr int kOutRows = 16;
   static_assert(kOutRows % MR == 0, "a group of output rows is whole tiles");
   thread_local std::vector<uint8_t> buffer;
   thread_local std::vector<float> gathered;
-  const int64_t dec_bytes = DecodedRowBytes(n_blocks);
+  const int64_t dec_bytes = Layout::RowBytes(n_blocks);
   buffer.resize(static_cast<size_t>(MR * dec_bytes + 64));  // new bytes are zeros
   gathered.resize(static_cast<size_t>(n_batch * kOutRows));
   uint8_t* dec = buffer.data();
   dec += (64 - reinterpret_cast<uintptr_t>(dec) % 64) % 64;
   const int64_t n_panels = (n_batch + kGemmPanelRows - 1) / kGemmPanelRows;
   alignas(64) float out[MR * NP * 16];
-  DecodedRow rows[MR];
+  typename Layout::Row rows[MR];
   for (int64_t g0 = row_begin; g0 < row_end; g0 += kOutRows) {
     const int g_rows = static_cast<int>(std::min<int64_t>(kOutRows, row_end - g0));
     for (int64_t r0 = g0; r0 < g0 + g_rows; r0 += MR) {
@@ -224,7 +237,7 @@ void GemmRows(const uint8_t* w, int64_t w_stride, int64_t row_begin, int64_t row
         const int np = static_cast<int>(std::min<int64_t>(NP, n_panels - p0));
         const uint8_t* panel[NP];
         for (int p = 0; p < np; ++p) {
-          panel[p] = panels + (p0 + p) * n_blocks * kGemmPanelBlockBytes;
+          panel[p] = panels + (p0 + p) * n_blocks * Layout::kPanelBlockBytes;
         }
         Select(mr, np)(rows, panel, n_blocks, out);
         for (int p = 0; p < np; ++p) {
@@ -249,6 +262,16 @@ void GemmRows(const uint8_t* w, int64_t w_stride, int64_t row_begin, int64_t row
       }
     }
   }
+}
+
+// The 32-element formats' GemmRowsFn.
+template <typename Fmt, int MR, int NP, TileFn (*Select)(int, int),
+          DecodeGroupFn Decode = DecodeGroup<Fmt, MR>>
+void GemmRows(const uint8_t* w, int64_t w_stride, int64_t row_begin, int64_t row_end,
+              int64_t n_blocks, const uint8_t* panels, int64_t n_batch, float* y,
+              int64_t y_stride) {
+  GemmRowsOf<Block32Layout, MR, NP, Select, Decode>(w, w_stride, row_begin, row_end, n_blocks,
+                                                     panels, n_batch, y, y_stride);
 }
 
 }  // namespace

@@ -38,9 +38,10 @@ GemmRowsFn FindGemmRows(GgmlType type, CpuIsa isa) {
   switch (isa) {
     case CpuIsa::kAmx:
       if (GemmRowsFn fn = AmxGemmRows(type); fn != nullptr) return fn;
-      return Avx512VnniGemmRows(type);
+      [[fallthrough]];
     case CpuIsa::kAvx512Vnni:
-      return Avx512VnniGemmRows(type);
+      if (GemmRowsFn fn = Avx512VnniGemmRows(type); fn != nullptr) return fn;
+      return Avx512VnniKGemmRows(type);
     case CpuIsa::kAvx512:
     case CpuIsa::kAvx2:
       return Avx2GemmRows(type);
@@ -237,8 +238,10 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
     p.w = &w;
     p.y = products[i].y;
     p.dot = FindRowDot(w.type, options.isa);
-    p.gemm = n_batch >= options.gemm_min_batch ? FindGemmRows(w.type, options.isa) : nullptr;
     const ActFormat format = ActFormatFor(w.type);
+    const int64_t min_batch = format == ActFormat::kBlock256 ? options.kquant_gemm_min_batch
+                                                              : options.gemm_min_batch;
+    p.gemm = n_batch >= min_batch ? FindGemmRows(w.type, options.isa) : nullptr;
     p.act_stride = ActRowBytes(format, cols);
     p.act = reinterpret_cast<const uint8_t*>(x);
     p.panels = nullptr;
@@ -259,14 +262,18 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
 
   // Each needed format's rows (then its panels) in one scratch buffer, 64-byte aligned: aligned
   // vector loads, no line splits; the rows and panels are multiples of 64 bytes.
-  const int64_t n_blocks32 = cols / 32;
+  // The tiled kernels' panels: 16-row panels of the 32-element blocks or of the super-blocks.
+  auto panel_bytes = [&](ActFormat f) {
+    return f == ActFormat::kBlock32 ? GemmPanelBytes(n_batch, cols / 32)
+                                    : KGemmPanelBytes(n_batch, cols / 256);
+  };
   int64_t offset[3] = {}, total = 0;
   for (ActFormat f : kQuantizedFormats) {
     const int fi = static_cast<int>(f);
     if (!need_rows[fi]) continue;
     offset[fi] = total;
     total += (n_batch * ActRowBytes(f, cols) + 63) / 64 * 64;
-    if (need_panels[fi]) total += GemmPanelBytes(n_batch, n_blocks32);
+    if (need_panels[fi]) total += panel_bytes(f);
   }
   if (total > 0) {
     scratch->activations.resize(static_cast<size_t>(total + 64));
@@ -278,9 +285,14 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
       uint8_t* rows = base + offset[fi];
       const int64_t stride = ActRowBytes(f, cols);
       QuantizeActivations(f, options.isa != CpuIsa::kScalar, x, n_batch, cols, rows);
-      // Only the 32-element formats have tiled kernels (block32 panels).
       uint8_t* panels = rows + (n_batch * stride + 63) / 64 * 64;
-      if (need_panels[fi]) PackGemmPanels(rows, stride, n_batch, n_blocks32, panels);
+      if (need_panels[fi]) {
+        if (f == ActFormat::kBlock32) {
+          PackGemmPanels(rows, stride, n_batch, cols / 32, panels);
+        } else {
+          PackKGemmPanels(rows, stride, n_batch, cols / 256, panels);
+        }
+      }
       for (int i = 0; i < n_products; ++i) {
         if (ActFormatFor(plans[i].w->type) != f) continue;
         plans[i].act = rows;

@@ -59,9 +59,15 @@ struct MatMulScratch {
 // 0.81-0.87x at 8, 1.16-1.24x at 12.
 inline constexpr int64_t kDefaultGemmMinBatch = 12;
 
+// The same for the k-quants' tiled kernels (AVX-512 VNNI), whose weight decoding costs more per
+// row: 2-core Xeon VM, 2 threads, 8192 x 2048 (kernel_bench --ab_reps, 2026-11-23): tiled /
+// row-dot speed Q4_K 0.88x at 16, 1.52x at 32, 2.35x at 128; Q6_K 0.65x, 1.17x, 2.06x.
+inline constexpr int64_t kDefaultKQuantGemmMinBatch = 32;
+
 struct MatMulOptions {
   CpuIsa isa;  // defaults to DetectCpuIsa()
   int64_t gemm_min_batch = kDefaultGemmMinBatch;  // tests and benchmarks may move the switch
+  int64_t kquant_gemm_min_batch = kDefaultKQuantGemmMinBatch;
   MatMulOptions();
 };
 

@@ -78,7 +78,7 @@ std::vector<float> RunMatMul(const QuantMatrix& w, const float* x, int64_t n_bat
   MatMulScratch scratch;
   MatMulOptions options;
   options.isa = isa;
-  options.gemm_min_batch = gemm_min_batch;
+  options.gemm_min_batch = options.kquant_gemm_min_batch = gemm_min_batch;
   const absl::Status st = MatMulQ(w, x, n_batch, y.data(), TestPool(n_threads), &scratch, options);
   EXPECT_TRUE(st.ok()) << st;
   return y;
