@@ -14,6 +14,7 @@
 
 #include "kernels/cpu/block32_avx2.h"
 #include "kernels/cpu/gemm_kernels.h"
+#include "kernels/cpu/gemm_kquant_x86.h"
 #include "kernels/cpu/gemm_x86.h"
 #include "kernels/cpu/simd_x86.h"
 
@@ -35,6 +36,9 @@ struct Ops256 {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, w),
                                                    _mm256_set1_epi16(1)));
   }
+  static I DotPairs(I acc, I a, I b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
+  static I AddI(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I MulLoI(I a, I b) { return _mm256_mullo_epi32(a, b); }
   static I ZeroI() { return _mm256_setzero_si256(); }
   static I SetI(int32_t v) { return _mm256_set1_epi32(v); }
   static F ZeroF() { return _mm256_setzero_ps(); }
@@ -44,6 +48,7 @@ struct Ops256 {
   static F Cvt(I v) { return _mm256_cvtepi32_ps(v); }
   static F Mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static F Add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F Sub(F a, F b) { return _mm256_sub_ps(a, b); }
   // Keeps GCC from fusing the product into the following add (see gemm_avx512vnni.cc).
   static F Opaque(F v) {
     __asm__("" : "+x"(v));
@@ -81,5 +86,8 @@ GemmRowsFn Avx2GemmRows(GgmlType type) {
       return nullptr;
   }
 }
+
+// The k-quants (gemm_kquant_x86.h): the same 2 x 1 tiles (16 registers).
+GemmRowsFn Avx2KGemmRows(GgmlType type) { return KGemmRows<Ops256, kRows, kPanels>(type); }
 
 }  // namespace tessera

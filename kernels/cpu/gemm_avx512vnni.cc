@@ -12,6 +12,7 @@
 
 #include "kernels/cpu/block32_avx512vnni.h"
 #include "kernels/cpu/gemm_kernels.h"
+#include "kernels/cpu/gemm_kquant_x86.h"
 #include "kernels/cpu/gemm_x86.h"
 #include "kernels/cpu/simd_x86.h"
 
@@ -30,6 +31,9 @@ struct Ops512 {
     return _mm512_set1_epi32(v);
   }
   static I Dot(I acc, I a, I w) { return _mm512_dpbusd_epi32(acc, a, w); }
+  static I DotPairs(I acc, I a, I b) { return _mm512_dpwssd_epi32(acc, a, b); }
+  static I AddI(I a, I b) { return _mm512_add_epi32(a, b); }
+  static I MulLoI(I a, I b) { return _mm512_mullo_epi32(a, b); }
   static I ZeroI() { return _mm512_setzero_si512(); }
   static I SetI(int32_t v) { return _mm512_set1_epi32(v); }
   static F ZeroF() { return _mm512_setzero_ps(); }
@@ -40,6 +44,7 @@ struct Ops512 {
   static F Cvt(I v) { return _mm512_maskz_cvtepi32_ps(0xFFFF, v); }
   static F Mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static F Add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F Sub(F a, F b) { return _mm512_sub_ps(a, b); }
   // GCC implements the intrinsics as vector arithmetic and may fuse a product into a following
   // add (-ffp-contract=fast); an empty asm makes the product an opaque rounded value.
   static F Opaque(F v) {
@@ -68,5 +73,8 @@ GemmRowsFn Avx512VnniGemmRows(GgmlType type) {
       return nullptr;
   }
 }
+
+// The k-quants (gemm_kquant_x86.h): the same 4 x 2 tiles.
+GemmRowsFn Avx512VnniKGemmRows(GgmlType type) { return KGemmRows<Ops512, kRows, kPanels>(type); }
 
 }  // namespace tessera

@@ -79,7 +79,9 @@ using GemmRowsFn = void (*)(const uint8_t* w, int64_t w_stride, int64_t row_begi
 GemmRowsFn AmxGemmRows(GgmlType type);
 GemmRowsFn Avx512VnniGemmRows(GgmlType type);
 GemmRowsFn Avx2GemmRows(GgmlType type);
-GemmRowsFn Avx512VnniKGemmRows(GgmlType type);  // the k-quants, on the k-quant panels
+// The k-quants, on the k-quant panels (gemm_kquant_x86.h).
+GemmRowsFn Avx512VnniKGemmRows(GgmlType type);
+GemmRowsFn Avx2KGemmRows(GgmlType type);
 
 }  // namespace tessera
 

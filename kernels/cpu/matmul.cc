@@ -44,7 +44,8 @@ GemmRowsFn FindGemmRows(GgmlType type, CpuIsa isa) {
       return Avx512VnniKGemmRows(type);
     case CpuIsa::kAvx512:
     case CpuIsa::kAvx2:
-      return Avx2GemmRows(type);
+      if (GemmRowsFn fn = Avx2GemmRows(type); fn != nullptr) return fn;
+      return Avx2KGemmRows(type);
     case CpuIsa::kScalar:
       return nullptr;
   }

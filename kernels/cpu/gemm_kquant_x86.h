@@ -1,0 +1,235 @@
+// The tiled GEMM for the k-quants (Q2_K..Q6_K), shared by the instruction-set files
+// (gemm_avx512vnni.cc, gemm_avx2.cc), which instantiate it with their vector operations: prefill
+// and large decode batches of the Q4_K_M / Q5_K_M / Q6_K models, on the k-quant panels
+// (gemm_kernels.h). Internal linkage on purpose, like gemm_x86.h.
+//
+// Weight rows are decoded by the portable k-quant decoder (kquant_decode.h) once per call into
+// the thread's buffer: per super-block the 256 codes (offsets already applied, signed), the 16
+// integer sub-block scales, the mins as int16 pairs, and -128 * sum_j sc_j * sum(codes of j),
+// which takes back the panels' +128 exactly. Per tile, per super-block and lane (activation
+// row):
+//   sumi = bias + sum_j sc_j * (sum over sub-block j of codes x (a + 128))
+//   summ = sum_j m_j * bsum_j
+//   t    = fl(fl(d * d_a) * float(sumi)) - fl(fl(dmin * d_a) * float(summ))
+// which is the canonical term of dot_kernels.h (the integers are exact, so they equal the
+// row-dot kernels'); the terms are summed in its chain order, so the results equal the row-dot
+// kernels' bit for bit. Every code fits a signed byte (Q6_K's -32..31 is the widest), so the
+// AVX2 vpmaddubsw pairs cannot saturate (2 * 255 * 32 < 32767).
+#ifndef TESSERA_KERNELS_CPU_GEMM_KQUANT_X86_H_
+#define TESSERA_KERNELS_CPU_GEMM_KQUANT_X86_H_
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/cpu/gemm_kernels.h"
+#include "kernels/cpu/gemm_x86.h"
+#include "kernels/cpu/kquant_decode.h"
+
+namespace tessera {
+namespace {  // NOLINT(build/namespaces): see simd_x86.h
+
+
+// One decoded weight row, arrays per super-block slot (chain-major order):
+// codes[256 n] int8 | sc[16 n] int32 | mpairs[8 n] int32 (m_2i | m_2i+1 << 16) | bias[n] int32
+// | d[n] float | dmin[n] float.
+struct KRow {
+  const int8_t* codes;
+  const int32_t* sc;
+  const int32_t* mpairs;
+  const int32_t* bias;
+  const float* d;
+  const float* dmin;
+};
+
+struct KLayout {
+  using Row = KRow;
+  static int64_t RowBytes(int64_t n_blocks) {
+    return (n_blocks * (256 + 64 + 32 + 4 + 4 + 4) + 63) / 64 * 64;
+  }
+  static constexpr int64_t kPanelBlockBytes = kKGemmPanelBlockBytes;
+};
+
+KRow ViewKRow(uint8_t* p, int64_t n) {
+  return {reinterpret_cast<const int8_t*>(p), reinterpret_cast<const int32_t*>(p + 256 * n),
+          reinterpret_cast<const int32_t*>(p + 320 * n),
+          reinterpret_cast<const int32_t*>(p + 352 * n),
+          reinterpret_cast<const float*>(p + 356 * n),
+          reinterpret_cast<const float*>(p + 360 * n)};
+}
+
+// DecodeGroupFnFor<KRow> (gemm_x86.h).
+template <GgmlType kType, int MR>
+void DecodeKGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, uint8_t* dec,
+                  KRow* rows) {
+  static const KDecodeFn decode = FindKDecoder(kType);
+  const int64_t block_bytes = FindQuantTraits(kType)->block_bytes;
+  const int64_t row_bytes = KLayout::RowBytes(n_blocks);
+  KDecoded k;
+  for (int r = 0; r < MR; ++r) {
+    uint8_t* out = dec + r * row_bytes;
+    rows[r] = ViewKRow(out, n_blocks);
+    if (r >= mr) continue;
+    auto* sc = reinterpret_cast<int32_t*>(out + 256 * n_blocks);
+    auto* mpairs = reinterpret_cast<int32_t*>(out + 320 * n_blocks);
+    auto* bias = reinterpret_cast<int32_t*>(out + 352 * n_blocks);
+    auto* d = reinterpret_cast<float*>(out + 356 * n_blocks);
+    auto* dmin = reinterpret_cast<float*>(out + 360 * n_blocks);
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      decode(w + r * w_stride + b * block_bytes, &k);
+      const int64_t s = ChainSlot(b, n_blocks);
+      std::memcpy(out + 256 * s, k.q, 256);
+      int32_t correction = 0;
+      for (int j = 0; j < 16; ++j) {
+        int32_t sum = 0;
+        for (int i = 0; i < 16; ++i) sum += k.q[16 * j + i];
+        correction += k.sc[j] * sum;
+        sc[16 * s + j] = k.sc[j];
+      }
+      for (int i = 0; i < 8; ++i) {
+        mpairs[8 * s + i] = static_cast<int32_t>(static_cast<uint32_t>(k.m[2 * i] & 0xFFFF) |
+                                                 (static_cast<uint32_t>(k.m[2 * i + 1]) << 16));
+      }
+      bias[s] = -128 * correction;
+      d[s] = k.d;
+      dmin[s] = k.dmin;
+    }
+  }
+}
+
+// One MR x (16 NP) tile over all super-blocks, chain by chain (canonical order). Ops: one
+// instruction set's vectors as in gemm_x86.h, plus AddI, MulLoI (exact int32 products) and
+// DotPairs(acc, a, b) (acc + per-lane sum of the two int16 x int16 products, exact).
+template <typename Ops, bool kMins, int MR, int NP>
+void KTile(const KRow* rows, const uint8_t* const* panel, int64_t n_blocks, float* out) {
+  using I = typename Ops::I;
+  using F = typename Ops::F;
+  constexpr int V = Ops::kVecs;
+  constexpr int kLaneBytes = 64 / V;  // bytes of one vector of one 64-byte panel row
+  constexpr int kTileFloats = MR * NP * 16;
+  alignas(64) float chains[kSumChains][kTileFloats];
+  for (int c = 0; c < kSumChains; ++c) {
+    F acc[MR][NP][V];
+    for (int r = 0; r < MR; ++r)
+      for (int p = 0; p < NP; ++p)
+        for (int v = 0; v < V; ++v) acc[r][p][v] = Ops::ZeroF();
+    const int64_t end = ChainStart(c + 1, n_blocks);
+    for (int64_t k = ChainStart(c, n_blocks); k < end; ++k) {
+      const uint8_t* pb[NP];
+      for (int p = 0; p < NP; ++p) pb[p] = panel[p] + k * kKGemmPanelBlockBytes;
+      I sumi[MR][NP][V];
+      for (int r = 0; r < MR; ++r) {
+        const I bias = Ops::SetI(rows[r].bias[k]);
+        for (int p = 0; p < NP; ++p)
+          for (int v = 0; v < V; ++v) sumi[r][p][v] = bias;
+      }
+      for (int j = 0; j < 16; ++j) {  // sub-blocks of 16 elements: 4 groups of 4
+        I s[MR][NP][V];
+        for (int r = 0; r < MR; ++r)
+          for (int p = 0; p < NP; ++p)
+            for (int v = 0; v < V; ++v) s[r][p][v] = Ops::ZeroI();
+        for (int g = 4 * j; g < 4 * j + 4; ++g) {
+          I a[NP][V];
+          for (int p = 0; p < NP; ++p)
+            for (int v = 0; v < V; ++v) a[p][v] = Ops::LoadA(pb[p] + 64 * g + kLaneBytes * v);
+          for (int r = 0; r < MR; ++r) {
+            const I w = Ops::Bcast(rows[r].codes + 256 * k + 4 * g);
+            for (int p = 0; p < NP; ++p)
+              for (int v = 0; v < V; ++v) s[r][p][v] = Ops::Dot(s[r][p][v], a[p][v], w);
+          }
+        }
+        for (int r = 0; r < MR; ++r) {
+          const I sc = Ops::SetI(rows[r].sc[16 * k + j]);
+          for (int p = 0; p < NP; ++p)
+            for (int v = 0; v < V; ++v) {
+              sumi[r][p][v] = Ops::AddI(sumi[r][p][v], Ops::MulLoI(s[r][p][v], sc));
+            }
+        }
+      }
+      I summ[MR][NP][V];
+      if constexpr (kMins) {
+        for (int r = 0; r < MR; ++r)
+          for (int p = 0; p < NP; ++p)
+            for (int v = 0; v < V; ++v) summ[r][p][v] = Ops::ZeroI();
+        for (int i = 0; i < 8; ++i) {
+          I bs[NP][V];
+          for (int p = 0; p < NP; ++p)
+            for (int v = 0; v < V; ++v) bs[p][v] = Ops::LoadA(pb[p] + 4160 + 64 * i + kLaneBytes * v);
+          for (int r = 0; r < MR; ++r) {
+            const I mp = Ops::SetI(rows[r].mpairs[8 * k + i]);
+            for (int p = 0; p < NP; ++p)
+              for (int v = 0; v < V; ++v) summ[r][p][v] = Ops::DotPairs(summ[r][p][v], bs[p][v], mp);
+          }
+        }
+      }
+      for (int p = 0; p < NP; ++p) {
+        for (int v = 0; v < V; ++v) {
+          const F da = Ops::LoadF(reinterpret_cast<const float*>(pb[p] + 4096) + 16 / V * v);
+          for (int r = 0; r < MR; ++r) {
+            F t = Ops::Opaque(
+                Ops::Mul(Ops::Mul(Ops::SetF(rows[r].d[k]), da), Ops::Cvt(sumi[r][p][v])));
+            if constexpr (kMins) {
+              const F m = Ops::Opaque(Ops::Mul(Ops::Mul(Ops::SetF(rows[r].dmin[k]), da),
+                                               Ops::Cvt(summ[r][p][v])));
+              t = Ops::Sub(t, m);
+            }
+            acc[r][p][v] = Ops::Add(acc[r][p][v], t);
+          }
+        }
+      }
+    }
+    for (int r = 0; r < MR; ++r)
+      for (int p = 0; p < NP; ++p)
+        for (int v = 0; v < V; ++v)
+          Ops::StoreF(chains[c] + (r * NP + p) * 16 + 16 / V * v, acc[r][p][v]);
+  }
+  for (int i = 0; i < kTileFloats; i += 16 / V) {
+    auto at = [&](int c) { return Ops::LoadF(chains[c] + i); };
+    const F sum = Ops::Add(Ops::Add(Ops::Add(at(0), at(4)), Ops::Add(at(2), at(6))),
+                           Ops::Add(Ops::Add(at(1), at(5)), Ops::Add(at(3), at(7))));
+    Ops::StoreF(out + i, sum);
+  }
+}
+
+template <typename Ops, bool kMins, int MR, int NP>
+TileFnFor<KRow> SelectKTile(int mr, int np) {
+  if constexpr (MR > 1) {
+    if (mr < MR) return SelectKTile<Ops, kMins, MR - 1, NP>(mr, np);
+  }
+  if constexpr (NP > 1) {
+    if (np < NP) return SelectKTile<Ops, kMins, MR, NP - 1>(mr, np);
+  }
+  return KTile<Ops, kMins, MR, NP>;
+}
+
+template <typename Ops, int MR, int NP, GgmlType kType>
+GemmRowsFn KRowsFor() {
+  constexpr bool kMins = kType == GgmlType::kQ2_K || kType == GgmlType::kQ4_K ||
+                         kType == GgmlType::kQ5_K;
+  return GemmRowsOf<KLayout, MR, NP, SelectKTile<Ops, kMins, MR, NP>, DecodeKGroup<kType, MR>>;
+}
+
+// The GemmRowsFn of a k-quant type with tiles of MR rows x NP panels, nullptr for other types.
+template <typename Ops, int MR, int NP>
+GemmRowsFn KGemmRows(GgmlType type) {
+  switch (type) {
+    case GgmlType::kQ2_K:
+      return KRowsFor<Ops, MR, NP, GgmlType::kQ2_K>();
+    case GgmlType::kQ3_K:
+      return KRowsFor<Ops, MR, NP, GgmlType::kQ3_K>();
+    case GgmlType::kQ4_K:
+      return KRowsFor<Ops, MR, NP, GgmlType::kQ4_K>();
+    case GgmlType::kQ5_K:
+      return KRowsFor<Ops, MR, NP, GgmlType::kQ5_K>();
+    case GgmlType::kQ6_K:
+      return KRowsFor<Ops, MR, NP, GgmlType::kQ6_K>();
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace
+}  // namespace tessera
+
+#endif  // TESSERA_KERNELS_CPU_GEMM_KQUANT_X86_H_
