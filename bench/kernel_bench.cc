@@ -10,8 +10,8 @@
 //   kernel_bench --threads=1,2 --formats=Q4_0,Q4_K,Q8_0 --rows=4096 --cols=14336 --batch=1,8
 //
 // Prefill-shaped A/B of the two batch paths (interleaved, best of N; robust to a busy machine):
-//   kernel_bench --threads=2 --formats=Q4_0 --rows=2048 --cols=8192 --batch=8,16,64,256 \
-//     --ab_reps=7 --min_seconds=0.3 --set_mib=64
+//   kernel_bench --threads=2 --formats=Q4_0 --rows=2048 --cols=8192 --batch=8,16,64,256
+//     (continued) --ab_reps=7 --min_seconds=0.3 --set_mib=64
 #include <sys/resource.h>
 
 #include <algorithm>
