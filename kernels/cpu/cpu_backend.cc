@@ -109,57 +109,85 @@ inline __attribute__((always_inline)) void Load16(const float* p, V16* v) {
   std::memcpy(v, p, sizeof *v);
 }
 
-template <int HD>
-inline __attribute__((always_inline)) void AttendHeadFixed(const HeadAttention& a) {
+// N query heads of one KV head (a[0 .. N): same K/V, table and context; own q, scores, out)
+// at once: each K and V row is loaded once for all of them, and the N heads' output sums are
+// independent chains (one head alone waits on the latency of every add). Per head, the
+// operations and their order are exactly those of AttendHead.
+template <int HD, int N>
+inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttention* a) {
   static_assert(HD % kLanes == 0, "whole vectors");
   constexpr int kV = HD / kLanes;
+  const HeadAttention& a0 = a[0];
   auto slot = [&](int p) {
-    return int64_t{a.table[p / a.block_tokens]} * a.block_tokens + p % a.block_tokens;
+    return int64_t{a0.table[p / a0.block_tokens]} * a0.block_tokens + p % a0.block_tokens;
   };
-  V16 q[kV];
-  for (int c = 0; c < kV; ++c) Load16(a.q + kLanes * c, &q[c]);
-  float max_score = -std::numeric_limits<float>::infinity();
-  for (int p = 0; p < a.ctx; ++p) {
-    const float* k = a.k_base + slot(p) * a.slot_stride;
-    V16 acc = {};
-    for (int c = 0; c < kV; ++c) {
-      V16 kc;
-      Load16(k + kLanes * c, &kc);
-      acc += q[c] * kc;
-    }
-    const V8 h = __builtin_shufflevector(acc, acc, 0, 1, 2, 3, 4, 5, 6, 7) +
-                 __builtin_shufflevector(acc, acc, 8, 9, 10, 11, 12, 13, 14, 15);
-    const V4 f = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
-    const float s = (f[0] + f[2]) + (f[1] + f[3]);
-    a.scores[p] = s * a.scale;
-    max_score = std::max(max_score, a.scores[p]);
+  V16 q[N][kV];
+  float max_score[N];
+  for (int n = 0; n < N; ++n) {
+    for (int c = 0; c < kV; ++c) Load16(a[n].q + kLanes * c, &q[n][c]);
+    max_score[n] = -std::numeric_limits<float>::infinity();
   }
-  float denom = 0.0f;
-  for (int p = 0; p < a.ctx; ++p) {
-    a.scores[p] = std::exp(a.scores[p] - max_score);
-    denom += a.scores[p];
-  }
-  V16 out[kV] = {};
-  for (int p = 0; p < a.ctx; ++p) {
-    const float w = a.scores[p] / denom;
-    const float* v = a.v_base + slot(p) * a.slot_stride;
-    for (int c = 0; c < kV; ++c) {
-      V16 vc;
-      Load16(v + kLanes * c, &vc);
-      out[c] += w * vc;
+  for (int p = 0; p < a0.ctx; ++p) {
+    const float* k = a0.k_base + slot(p) * a0.slot_stride;
+    V16 kc[kV];
+    for (int c = 0; c < kV; ++c) Load16(k + kLanes * c, &kc[c]);
+    for (int n = 0; n < N; ++n) {
+      V16 acc = {};
+      for (int c = 0; c < kV; ++c) acc += q[n][c] * kc[c];
+      const V8 h = __builtin_shufflevector(acc, acc, 0, 1, 2, 3, 4, 5, 6, 7) +
+                   __builtin_shufflevector(acc, acc, 8, 9, 10, 11, 12, 13, 14, 15);
+      const V4 f =
+          __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+      const float score = ((f[0] + f[2]) + (f[1] + f[3])) * a0.scale;
+      a[n].scores[p] = score;
+      max_score[n] = std::max(max_score[n], score);
     }
   }
-  for (int c = 0; c < kV; ++c) std::memcpy(a.out + kLanes * c, &out[c], sizeof out[c]);
+  float denom[N];
+  for (int n = 0; n < N; ++n) {
+    denom[n] = 0.0f;
+    for (int p = 0; p < a0.ctx; ++p) {
+      a[n].scores[p] = std::exp(a[n].scores[p] - max_score[n]);
+      denom[n] += a[n].scores[p];
+    }
+  }
+  V16 out[N][kV] = {};
+  for (int p = 0; p < a0.ctx; ++p) {
+    const float* v = a0.v_base + slot(p) * a0.slot_stride;
+    V16 vc[kV];
+    for (int c = 0; c < kV; ++c) Load16(v + kLanes * c, &vc[c]);
+    for (int n = 0; n < N; ++n) {
+      const float w = a[n].scores[p] / denom[n];
+      for (int c = 0; c < kV; ++c) out[n][c] += w * vc[c];
+    }
+  }
+  for (int n = 0; n < N; ++n) {
+    for (int c = 0; c < kV; ++c) std::memcpy(a[n].out + kLanes * c, &out[n][c], sizeof(V16));
+  }
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void AttendHead64(
-    const HeadAttention& a) {
-  AttendHeadFixed<64>(a);
+// Up to this many heads of one KV head per call, for head dims 64 and 128 (what fits the
+// registers: N * HD / 16 output vectors).
+constexpr int kMaxHeads64 = 4, kMaxHeads128 = 2;
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void AttendHeads64(
+    const HeadAttention* a, int n) {
+  switch (n) {
+    case 1:
+      return AttendHeadsFixed<64, 1>(a);
+    case 2:
+      return AttendHeadsFixed<64, 2>(a);
+    case 3:
+      return AttendHeadsFixed<64, 3>(a);
+    default:
+      return AttendHeadsFixed<64, 4>(a);
+  }
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void AttendHead128(
-    const HeadAttention& a) {
-  AttendHeadFixed<128>(a);
+__attribute__((target_clones("avx512f", "avx2", "default"))) void AttendHeads128(
+    const HeadAttention* a, int n) {
+  if (n == 1) return AttendHeadsFixed<128, 1>(a);
+  return AttendHeadsFixed<128, 2>(a);
 }
 
 bool SameRope(const RopeParams& a, const RopeParams& b) {
@@ -365,36 +393,48 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
   }
   const int group = n_heads / L.n_kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const int64_t n_work = n_tokens * n_heads;
+  // Work items: (token, KV head, a run of up to max_heads of its query heads). Whole runs when
+  // there are enough of them to share out; one head per item otherwise (a decode step of a
+  // model with few KV heads), so the threads stay balanced. The numbers are the same either way.
+  int max_heads = hd == 64 ? kMaxHeads64 : hd == 128 ? kMaxHeads128 : 1;
+  max_heads = std::min(max_heads, group);
+  const int runs_per_kv = (group + max_heads - 1) / max_heads;
+  if (n_tokens * L.n_kv_heads * runs_per_kv < 2 * int64_t{pool_.size()}) max_heads = 1;
+  const int runs = (group + max_heads - 1) / max_heads;
+  const int64_t n_work = n_tokens * L.n_kv_heads * runs;
   pool_.Run([&](int thread, int n_threads) {
     int64_t begin, end;
     ThreadPool::Share(n_work, thread, n_threads, 1, &begin, &end);
     std::vector<float> scores;
+    HeadAttention heads[kMaxHeads64];
     for (int64_t w = begin; w < end; ++w) {
-      const int64_t t = w / n_heads;
-      const int h = static_cast<int>(w % n_heads);
-      const int kvh = h / group;
+      const int64_t t = w / (int64_t{L.n_kv_heads} * runs);
+      const int kvh = static_cast<int>(w / runs % L.n_kv_heads);
+      const int h0 = kvh * group + static_cast<int>(w % runs) * max_heads;
+      const int n = std::min(max_heads, (kvh + 1) * group - h0);
       const std::vector<int32_t>& table = batch.block_table[batch.seq_of_token[t]];
       const int ctx = batch.position[t] + 1;
-      scores.resize(static_cast<size_t>(ctx));
-      HeadAttention a;
-      a.q = q + (t * n_heads + h) * hd;
-      a.k_base = KvSlot(layer, 0, 0) + kvh * hd;
-      a.v_base = KvSlot(layer, 1, 0) + kvh * hd;
-      a.slot_stride = int64_t{L.n_kv_heads} * hd;
-      a.table = table.data();
-      a.block_tokens = L.block_tokens;
-      a.ctx = ctx;
-      a.head_dim = hd;
-      a.scale = scale;
-      a.scores = scores.data();
-      a.out = out + (t * n_heads + h) * hd;
+      scores.resize(static_cast<size_t>(ctx) * n);
+      for (int i = 0; i < n; ++i) {
+        HeadAttention& a = heads[i];
+        a.q = q + (t * n_heads + h0 + i) * hd;
+        a.k_base = KvSlot(layer, 0, 0) + kvh * hd;
+        a.v_base = KvSlot(layer, 1, 0) + kvh * hd;
+        a.slot_stride = int64_t{L.n_kv_heads} * hd;
+        a.table = table.data();
+        a.block_tokens = L.block_tokens;
+        a.ctx = ctx;
+        a.head_dim = hd;
+        a.scale = scale;
+        a.scores = scores.data() + static_cast<size_t>(ctx) * i;
+        a.out = out + (t * n_heads + h0 + i) * hd;
+      }
       if (hd == 64) {
-        AttendHead64(a);
+        AttendHeads64(heads, n);
       } else if (hd == 128) {
-        AttendHead128(a);
+        AttendHeads128(heads, n);
       } else {
-        AttendHead(a);
+        AttendHead(heads[0]);
       }
     }
   });
