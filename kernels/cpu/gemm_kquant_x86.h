@@ -26,6 +26,7 @@
 #include "kernels/cpu/gemm_kernels.h"
 #include "kernels/cpu/gemm_x86.h"
 #include "kernels/cpu/kquant_decode.h"
+#include "kernels/cpu/simd_x86.h"
 
 namespace tessera {
 namespace {  // NOLINT(build/namespaces): see simd_x86.h
@@ -59,6 +60,40 @@ KRow ViewKRow(uint8_t* p, int64_t n) {
           reinterpret_cast<const float*>(p + 360 * n)};
 }
 
+// One Q4_K super-block the way DecodeKGroup lays it out, with AVX2 instead of the portable
+// decoder (the same codes, scales, mins and correction; Q4_K is most of a Q4_K_M model).
+// Element 64 p + l is the low nibble of qs[32 p + l], element 64 p + 32 + l its high nibble
+// (l < 32); 32-element sub-block j has scale and min j (ScaleMinK4), repeated for both of its
+// 16-element halves.
+inline void DecodeQ4KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int32_t* mpairs,
+                           int32_t* bias, float* d, float* dmin) {
+  const uint8_t* scales = blk + 4;  // after d, dmin (kquants.h BlockQ4_K)
+  const uint8_t* qs = blk + 16;
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  int32_t correction = 0;
+  for (int p = 0; p < 4; ++p) {
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * p));
+    const __m256i half[2] = {_mm256_and_si256(q, nibble),
+                             _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble)};
+    for (int e = 0; e < 2; ++e) {
+      const int j = 2 * p + e;  // 32-element sub-block
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 32 * j), half[e]);
+      const __m256i sad = _mm256_sad_epu8(half[e], _mm256_setzero_si256());
+      const __m128i s2 =
+          _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
+      const int32_t sum = static_cast<int32_t>(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1));
+      int32_t s = 0, m = 0;
+      ScaleMinK4(scales, j, &s, &m);
+      correction += s * sum;
+      sc[2 * j] = sc[2 * j + 1] = s;
+      mpairs[j] = static_cast<int32_t>(static_cast<uint32_t>(m) | (static_cast<uint32_t>(m) << 16));
+    }
+  }
+  *bias = -128 * correction;
+  *d = LoadFp16(blk);
+  *dmin = LoadFp16(blk + 2);
+}
+
 // DecodeGroupFnFor<KRow> (gemm_x86.h).
 template <GgmlType kType, int MR>
 void DecodeKGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, uint8_t* dec,
@@ -77,8 +112,13 @@ void DecodeKGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, 
     auto* d = reinterpret_cast<float*>(out + 356 * n_blocks);
     auto* dmin = reinterpret_cast<float*>(out + 360 * n_blocks);
     for (int64_t b = 0; b < n_blocks; ++b) {
-      decode(w + r * w_stride + b * block_bytes, &k);
       const int64_t s = ChainSlot(b, n_blocks);
+      if constexpr (kType == GgmlType::kQ4_K) {
+        DecodeQ4KBlock(w + r * w_stride + b * block_bytes, out + 256 * s, sc + 16 * s,
+                       mpairs + 8 * s, bias + s, d + s, dmin + s);
+        continue;
+      }
+      decode(w + r * w_stride + b * block_bytes, &k);
       std::memcpy(out + 256 * s, k.q, 256);
       int32_t correction = 0;
       for (int j = 0; j < 16; ++j) {

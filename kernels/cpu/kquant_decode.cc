@@ -49,18 +49,6 @@ void DecodeQ3_K(const BlockQ3_K& b, KDecoded* out) {
   out->d = Fp16ToFloat(b.d);
 }
 
-// Unpacks the j-th 6-bit scale and min of Q4_K / Q5_K (the packing of kquants.h's
-// GetScaleMinK4, restated here so this file reads on its own).
-void ScaleMinK4(const uint8_t* s, int j, int32_t* sc, int32_t* m) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *m = s[j + 4] & 63;
-  } else {
-    *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
-
 // Q4_K: byte qs[32 p + l] holds element 64 p + l (low nibble) and 64 p + 32 + l (high
 // nibble); sub-blocks of 32 (8 of them), stored as pairs of 16 with the same scale.
 void DecodeQ4_K(const BlockQ4_K& b, KDecoded* out) {
@@ -130,6 +118,17 @@ void DecodeBytes(const uint8_t* block, KDecoded* out) {
 }
 
 }  // namespace
+
+// The packing of kquants.h's GetScaleMinK4, restated here so this file reads on its own.
+void ScaleMinK4(const uint8_t* s, int j, int32_t* sc, int32_t* m) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *m = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
 
 KDecodeFn FindKDecoder(GgmlType type) {
   switch (type) {

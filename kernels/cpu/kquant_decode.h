@@ -26,6 +26,9 @@ using KDecodeFn = void (*)(const uint8_t* block, KDecoded* out);
 // The decoder for a k-quant type; nullptr for any other type.
 KDecodeFn FindKDecoder(GgmlType type);
 
+// The j-th (0..7) 6-bit scale and min of a Q4_K / Q5_K super-block from its 12 scale bytes.
+void ScaleMinK4(const uint8_t* scales, int j, int32_t* sc, int32_t* m);
+
 // Whether sub-block mins enter the canonical term (Q2_K, Q4_K, Q5_K).
 bool KQuantHasMins(GgmlType type);
 
