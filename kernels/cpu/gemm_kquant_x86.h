@@ -60,6 +60,14 @@ KRow ViewKRow(uint8_t* p, int64_t n) {
           reinterpret_cast<const float*>(p + 360 * n)};
 }
 
+// The sum of each 16-byte half of 32 unsigned bytes.
+inline void HalfSums(__m256i v, int32_t* lo, int32_t* hi) {
+  const __m256i sad = _mm256_sad_epu8(v, _mm256_setzero_si256());  // 4 sums of 8 bytes
+  const __m128i a = _mm256_castsi256_si128(sad), b = _mm256_extracti128_si256(sad, 1);
+  *lo = static_cast<int32_t>(_mm_cvtsi128_si64(a) + _mm_extract_epi64(a, 1));
+  *hi = static_cast<int32_t>(_mm_cvtsi128_si64(b) + _mm_extract_epi64(b, 1));
+}
+
 // One Q4_K super-block the way DecodeKGroup lays it out, with AVX2 instead of the portable
 // decoder (the same codes, scales, mins and correction; Q4_K is most of a Q4_K_M model).
 // Element 64 p + l is the low nibble of qs[32 p + l], element 64 p + 32 + l its high nibble
@@ -78,13 +86,11 @@ inline void DecodeQ4KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int3
     for (int e = 0; e < 2; ++e) {
       const int j = 2 * p + e;  // 32-element sub-block
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 32 * j), half[e]);
-      const __m256i sad = _mm256_sad_epu8(half[e], _mm256_setzero_si256());
-      const __m128i s2 =
-          _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
-      const int32_t sum = static_cast<int32_t>(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1));
+      int32_t lo = 0, hi = 0;
+      HalfSums(half[e], &lo, &hi);
       int32_t s = 0, m = 0;
       ScaleMinK4(scales, j, &s, &m);
-      correction += s * sum;
+      correction += s * (lo + hi);
       sc[2 * j] = sc[2 * j + 1] = s;
       mpairs[j] = static_cast<int32_t>(static_cast<uint32_t>(m) | (static_cast<uint32_t>(m) << 16));
     }
@@ -92,6 +98,46 @@ inline void DecodeQ4KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int3
   *bias = -128 * correction;
   *d = LoadFp16(blk);
   *dmin = LoadFp16(blk + 2);
+}
+
+// The same for Q6_K (kquant_decode.cc's DecodeQ6_K): per 128-element half h and l < 32, the
+// low nibbles of ql[64 h + l] and ql[64 h + 32 + l] are elements 128 h + l and + 32, their high
+// nibbles + 64 and + 96, with bits 0-1, 2-3, 4-5, 6-7 of qh[32 h + l] on top; codes - 32;
+// int8 scales per 16 elements; no mins.
+inline void DecodeQ6KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int32_t* mpairs,
+                           int32_t* bias, float* d, float* dmin) {
+  const uint8_t* ql = blk;
+  const uint8_t* qh = blk + 128;
+  const auto* scales = reinterpret_cast<const int8_t*>(blk + 192);
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  auto bits = [](__m256i v, int mask) { return _mm256_and_si256(v, _mm256_set1_epi8(mask)); };
+  int32_t correction = 0;
+  for (int h = 0; h < 2; ++h) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 64 * h));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 64 * h + 32));
+    const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh + 32 * h));
+    // 16-bit shifts move no bits across bytes here: each value is masked to its byte first.
+    const __m256i e[4] = {
+        _mm256_or_si256(_mm256_and_si256(a, nibble), _mm256_slli_epi16(bits(hb, 0x03), 4)),
+        _mm256_or_si256(_mm256_and_si256(b, nibble), _mm256_slli_epi16(bits(hb, 0x0C), 2)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), nibble), bits(hb, 0x30)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b, 4), nibble),
+                        _mm256_srli_epi16(bits(hb, 0xC0), 2))};
+    for (int q = 0; q < 4; ++q) {
+      const int j = 8 * h + 2 * q;  // 16-element sub-blocks j, j + 1
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 128 * h + 32 * q),
+                          _mm256_sub_epi8(e[q], _mm256_set1_epi8(32)));
+      int32_t lo = 0, hi = 0;
+      HalfSums(e[q], &lo, &hi);
+      sc[j] = scales[j];
+      sc[j + 1] = scales[j + 1];
+      correction += sc[j] * (lo - 16 * 32) + sc[j + 1] * (hi - 16 * 32);
+    }
+  }
+  for (int i = 0; i < 8; ++i) mpairs[i] = 0;
+  *bias = -128 * correction;
+  *d = LoadFp16(blk + 208);
+  *dmin = 0.0f;
 }
 
 // DecodeGroupFnFor<KRow> (gemm_x86.h).
@@ -115,6 +161,11 @@ void DecodeKGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, 
       const int64_t s = ChainSlot(b, n_blocks);
       if constexpr (kType == GgmlType::kQ4_K) {
         DecodeQ4KBlock(w + r * w_stride + b * block_bytes, out + 256 * s, sc + 16 * s,
+                       mpairs + 8 * s, bias + s, d + s, dmin + s);
+        continue;
+      }
+      if constexpr (kType == GgmlType::kQ6_K) {
+        DecodeQ6KBlock(w + r * w_stride + b * block_bytes, out + 256 * s, sc + 16 * s,
                        mpairs + 8 * s, bias + s, d + s, dmin + s);
         continue;
       }
