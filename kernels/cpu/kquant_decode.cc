@@ -50,8 +50,10 @@ void DecodeQ3_K(const BlockQ3_K& b, KDecoded* out) {
 }
 
 // Q4_K: byte qs[32 p + l] holds element 64 p + l (low nibble) and 64 p + 32 + l (high
-// nibble); sub-blocks of 32 (8 of them), stored as pairs of 16 with the same scale.
-void DecodeQ4_K(const BlockQ4_K& b, KDecoded* out) {
+// nibble); sub-blocks of 32 (8 of them), stored as pairs of 16 with the same scale. The
+// fields are Q4_K's and Q5_K's alike (Q5_K adds qh), hence the template.
+template <typename Block>
+void DecodeNibblesK4(const Block& b, KDecoded* out) {
   for (int p = 0; p < 4; ++p) {
     for (int l = 0; l < 32; ++l) {
       out->q[64 * p + l] = static_cast<int8_t>(b.qs[32 * p + l] & 0xF);
@@ -67,23 +69,18 @@ void DecodeQ4_K(const BlockQ4_K& b, KDecoded* out) {
   out->dmin = Fp16ToFloat(b.dmin);
 }
 
+void DecodeQ4_K(const BlockQ4_K& b, KDecoded* out) { DecodeNibblesK4(b, out); }
+
 // Q5_K: Q4_K plus bit (2 p) of qh[l] as bit 4 of element 64 p + l, and bit (2 p + 1) as bit 4
 // of element 64 p + 32 + l.
 void DecodeQ5_K(const BlockQ5_K& b, KDecoded* out) {
+  DecodeNibblesK4(b, out);
   for (int p = 0; p < 4; ++p) {
     for (int l = 0; l < 32; ++l) {
-      const int hi0 = (b.qh[l] >> (2 * p)) & 1, hi1 = (b.qh[l] >> (2 * p + 1)) & 1;
-      out->q[64 * p + l] = static_cast<int8_t>((b.qs[32 * p + l] & 0xF) | hi0 << 4);
-      out->q[64 * p + 32 + l] = static_cast<int8_t>((b.qs[32 * p + l] >> 4) | hi1 << 4);
+      out->q[64 * p + l] |= static_cast<int8_t>(((b.qh[l] >> (2 * p)) & 1) << 4);
+      out->q[64 * p + 32 + l] |= static_cast<int8_t>(((b.qh[l] >> (2 * p + 1)) & 1) << 4);
     }
   }
-  for (int j = 0; j < 8; ++j) {
-    ScaleMinK4(b.scales, j, &out->sc[2 * j], &out->m[2 * j]);
-    out->sc[2 * j + 1] = out->sc[2 * j];
-    out->m[2 * j + 1] = out->m[2 * j];
-  }
-  out->d = Fp16ToFloat(b.d);
-  out->dmin = Fp16ToFloat(b.dmin);
 }
 
 // Q6_K: per 128-element half h, for l < 32: ql[64 h + l] low nibble -> element 128 h + l,
@@ -119,15 +116,11 @@ void DecodeBytes(const uint8_t* block, KDecoded* out) {
 
 }  // namespace
 
-// The packing of kquants.h's GetScaleMinK4, restated here so this file reads on its own.
-void ScaleMinK4(const uint8_t* s, int j, int32_t* sc, int32_t* m) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *m = s[j + 4] & 63;
-  } else {
-    *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
+void ScaleMinK4(const uint8_t* scales, int j, int32_t* sc, int32_t* m) {
+  uint8_t s = 0, mn = 0;
+  GetScaleMinK4(j, scales, &s, &mn);
+  *sc = s;
+  *m = mn;
 }
 
 KDecodeFn FindKDecoder(GgmlType type) {

@@ -26,7 +26,9 @@ using KDecodeFn = void (*)(const uint8_t* block, KDecoded* out);
 // The decoder for a k-quant type; nullptr for any other type.
 KDecodeFn FindKDecoder(GgmlType type);
 
-// The j-th (0..7) 6-bit scale and min of a Q4_K / Q5_K super-block from its 12 scale bytes.
+// The j-th (0..7) 6-bit scale and min of a Q4_K / Q5_K super-block from its 12 scale bytes
+// (kquants.h's GetScaleMinK4, out of line: callable from the instruction-set files, which must
+// not share inline code with the portable ones; see simd_x86.h).
 void ScaleMinK4(const uint8_t* scales, int j, int32_t* sc, int32_t* m);
 
 // Whether sub-block mins enter the canonical term (Q2_K, Q4_K, Q5_K).
