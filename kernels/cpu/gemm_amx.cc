@@ -22,6 +22,7 @@
 
 #include "kernels/cpu/block32_avx512vnni.h"
 #include "kernels/cpu/gemm_kernels.h"
+#include "kernels/cpu/gemm_ops_avx512vnni.h"
 #include "kernels/cpu/gemm_x86.h"
 #include "kernels/cpu/simd_x86.h"
 
@@ -81,13 +82,6 @@ void ConfigureTiles() {
   configured = true;
 }
 
-// GCC may fuse a product into a following add (-ffp-contract=fast in the intrinsics); an empty
-// asm makes the product an opaque rounded value (as Ops512::Opaque in gemm_avx512vnni.cc).
-inline __m512 Opaque(__m512 v) {
-  __asm__("" : "+v"(v));
-  return v;
-}
-
 // The 16 rows' per-block scales laid out block slot by block slot, so that the epilogue finds
 // row r's value of slot k at a constant offset from one pointer (a broadcast from memory):
 // slot k = d[16] | off[16].
@@ -136,10 +130,10 @@ inline __attribute__((always_inline)) void AddBlockTerms(const int32_t* c, const
 #pragma GCC unroll 16
   for (int r = 0; r < kRows; ++r) {
     const __m512i dot = _mm512_load_si512(c + 16 * r);
-    __m512 t = Opaque(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(s.d[r]), da),
-                                    _mm512_maskz_cvtepi32_ps(0xFFFF, dot)));
+    __m512 t = Ops512::Opaque(
+        _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(s.d[r]), da), Ops512::Cvt(dot)));
     if constexpr (Fmt::kOffsetFactor != 0.0f) {
-      t = _mm512_add_ps(t, Opaque(_mm512_mul_ps(_mm512_set1_ps(s.off[r]), ds)));
+      t = _mm512_add_ps(t, Ops512::Opaque(_mm512_mul_ps(_mm512_set1_ps(s.off[r]), ds)));
     }
     acc[r] = _mm512_add_ps(acc[r], t);
   }
@@ -188,13 +182,7 @@ void AmxTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_bloc
     }
     for (int r = 0; r < kRows; ++r) _mm512_store_ps(chains[c] + 16 * r, acc[r]);
   }
-  for (int i = 0; i < kRows * 16; i += 16) {
-    auto at = [&](int c) { return _mm512_load_ps(chains[c] + i); };
-    const __m512 sum =
-        _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(at(0), at(4)), _mm512_add_ps(at(2), at(6))),
-                      _mm512_add_ps(_mm512_add_ps(at(1), at(5)), _mm512_add_ps(at(3), at(7))));
-    _mm512_store_ps(out + i, sum);
-  }
+  StoreChainSums<Ops512>(chains[0], kRows * 16, out);
 }
 
 template <typename Fmt>

@@ -246,11 +246,15 @@ void KTile(const KRow* rows, const uint8_t* const* panel, int64_t n_blocks, floa
         for (int i = 0; i < 8; ++i) {
           I bs[NP][V];
           for (int p = 0; p < NP; ++p)
-            for (int v = 0; v < V; ++v) bs[p][v] = Ops::LoadA(pb[p] + 4160 + 64 * i + kLaneBytes * v);
+            for (int v = 0; v < V; ++v) {
+              bs[p][v] = Ops::LoadA(pb[p] + 4160 + 64 * i + kLaneBytes * v);
+            }
           for (int r = 0; r < MR; ++r) {
             const I mp = Ops::SetI(rows[r].mpairs[8 * k + i]);
             for (int p = 0; p < NP; ++p)
-              for (int v = 0; v < V; ++v) summ[r][p][v] = Ops::DotPairs(summ[r][p][v], bs[p][v], mp);
+              for (int v = 0; v < V; ++v) {
+                summ[r][p][v] = Ops::DotPairs(summ[r][p][v], bs[p][v], mp);
+              }
           }
         }
       }
@@ -275,30 +279,23 @@ void KTile(const KRow* rows, const uint8_t* const* panel, int64_t n_blocks, floa
         for (int v = 0; v < V; ++v)
           Ops::StoreF(chains[c] + (r * NP + p) * 16 + 16 / V * v, acc[r][p][v]);
   }
-  for (int i = 0; i < kTileFloats; i += 16 / V) {
-    auto at = [&](int c) { return Ops::LoadF(chains[c] + i); };
-    const F sum = Ops::Add(Ops::Add(Ops::Add(at(0), at(4)), Ops::Add(at(2), at(6))),
-                           Ops::Add(Ops::Add(at(1), at(5)), Ops::Add(at(3), at(7))));
-    Ops::StoreF(out + i, sum);
-  }
+  StoreChainSums<Ops>(chains[0], kTileFloats, out);
 }
 
-template <typename Ops, bool kMins, int MR, int NP>
-TileFnFor<KRow> SelectKTile(int mr, int np) {
-  if constexpr (MR > 1) {
-    if (mr < MR) return SelectKTile<Ops, kMins, MR - 1, NP>(mr, np);
+template <typename Ops, bool kMins>
+struct KTiles {
+  template <int MR, int NP>
+  static void Tile(const KRow* rows, const uint8_t* const* panel, int64_t n_blocks, float* out) {
+    KTile<Ops, kMins, MR, NP>(rows, panel, n_blocks, out);
   }
-  if constexpr (NP > 1) {
-    if (np < NP) return SelectKTile<Ops, kMins, MR, NP - 1>(mr, np);
-  }
-  return KTile<Ops, kMins, MR, NP>;
-}
+};
 
 template <typename Ops, int MR, int NP, GgmlType kType>
 GemmRowsFn KRowsFor() {
   constexpr bool kMins = kType == GgmlType::kQ2_K || kType == GgmlType::kQ4_K ||
                          kType == GgmlType::kQ5_K;
-  return GemmRowsOf<KLayout, MR, NP, SelectKTile<Ops, kMins, MR, NP>, DecodeKGroup<kType, MR>>;
+  return GemmRowsOf<KLayout, MR, NP, SelectTileOf<KRow, KTiles<Ops, kMins>, MR, NP>,
+                    DecodeKGroup<kType, MR>>;
 }
 
 // The GemmRowsFn of a k-quant type with tiles of MR rows x NP panels, nullptr for other types.

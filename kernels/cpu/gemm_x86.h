@@ -82,6 +82,18 @@ void DecodeRow(const uint8_t* w, int64_t n_blocks, uint8_t* out) {
   }
 }
 
+// out[i] = CombineChains over the eight chain sums chains[c * n + i] (c = 0..7), i < n, a whole
+// number of Ops vectors: the fixed tree of dot_kernels.h, lane by lane.
+template <typename Ops>
+inline void StoreChainSums(const float* chains, int n, float* out) {
+  for (int i = 0; i < n; i += 16 / Ops::kVecs) {
+    auto at = [&](int c) { return Ops::LoadF(chains + c * n + i); };
+    const auto sum = Ops::Add(Ops::Add(Ops::Add(at(0), at(4)), Ops::Add(at(2), at(6))),
+                              Ops::Add(Ops::Add(at(1), at(5)), Ops::Add(at(3), at(7))));
+    Ops::StoreF(out + i, sum);
+  }
+}
+
 // One MR x (16 NP) tile: MR decoded weight rows against NP panels, over all blocks, in the
 // canonical order of dot_kernels.h: chain by chain (blocks c, c + 8, c + 16, ... into fresh
 // accumulators; stored consecutively, slots ChainStart(c) .. ChainStart(c + 1) - 1), each
@@ -141,12 +153,7 @@ void GemmTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blo
         for (int v = 0; v < V; ++v)
           Ops::StoreF(chains[c] + (r * NP + p) * 16 + 16 / V * v, acc[r][p][v]);
   }
-  for (int i = 0; i < kTileFloats; i += 16 / V) {
-    auto at = [&](int c) { return Ops::LoadF(chains[c] + i); };
-    const F sum = Ops::Add(Ops::Add(Ops::Add(at(0), at(4)), Ops::Add(at(2), at(6))),
-                           Ops::Add(Ops::Add(at(1), at(5)), Ops::Add(at(3), at(7))));
-    Ops::StoreF(out + i, sum);
-  }
+  StoreChainSums<Ops>(chains[0], kTileFloats, out);
 }
 
 // A tile: rows[0 .. MR) (decoded, Layout::RowBytes apart in one buffer) against the panels
@@ -157,17 +164,31 @@ using TileFnFor = void (*)(const Row* rows, const uint8_t* const* panel, int64_t
                            float* out);
 using TileFn = TileFnFor<DecodedRow>;
 
-// The tile function for mr <= MR rows and np <= NP panels (edge tiles are smaller tiles, not
-// padded ones, so no work is wasted on rows that do not exist).
-template <typename Ops, typename Fmt, int MR, int NP>
-TileFn SelectTile(int mr, int np) {
+// The tile function Tiles::Tile<mr, np> for mr <= MR rows and np <= NP panels (edge tiles are
+// smaller tiles, not padded ones, so no work is wasted on rows that do not exist).
+template <typename Row, typename Tiles, int MR, int NP>
+TileFnFor<Row> SelectTileOf(int mr, int np) {
   if constexpr (MR > 1) {
-    if (mr < MR) return SelectTile<Ops, Fmt, MR - 1, NP>(mr, np);
+    if (mr < MR) return SelectTileOf<Row, Tiles, MR - 1, NP>(mr, np);
   }
   if constexpr (NP > 1) {
-    if (np < NP) return SelectTile<Ops, Fmt, MR, NP - 1>(mr, np);
+    if (np < NP) return SelectTileOf<Row, Tiles, MR, NP - 1>(mr, np);
   }
-  return GemmTile<Ops, Fmt, MR, NP>;
+  return Tiles::template Tile<MR, NP>;
+}
+
+template <typename Ops, typename Fmt>
+struct Block32Tiles {
+  template <int MR, int NP>
+  static void Tile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blocks,
+                   float* out) {
+    GemmTile<Ops, Fmt, MR, NP>(rows, panel, n_blocks, out);
+  }
+};
+
+template <typename Ops, typename Fmt, int MR, int NP>
+TileFn SelectTile(int mr, int np) {
+  return SelectTileOf<DecodedRow, Block32Tiles<Ops, Fmt>, MR, NP>(mr, np);
 }
 
 // Decodes the mr <= MR weight rows at w (w_stride bytes apart) into dec (rows
