@@ -23,6 +23,11 @@ absl::StatusOr<QuantMatrix> SliceMatrix(const QuantMatrix& m, int64_t row0, int6
         "slice columns [", col0, ", ", col0 + cols, ") do not fall on ", traits->name,
         " block boundaries (", traits->block_elems, " elements per block)"));
   }
+  if (m.layout != WeightLayout::kGguf && (col0 != 0 || cols != m.cols)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "slice columns [", col0, ", ", col0 + cols, ") of an interleaved ", traits->name,
+        " matrix: only whole rows of the CPU's interleaved layout can be sliced"));
+  }
   QuantMatrix out = m;
   out.rows = rows;
   out.cols = cols;

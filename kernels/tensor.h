@@ -27,6 +27,13 @@ struct TensorView {
   int64_t n_elems() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
 };
 
+// How the blocks of a row are laid out in memory.
+//   kGguf: as GGUF stores them, block after block (every type).
+//   kInterleaved8: the CPU backend's layout for Q4_0 and Q4_1 (kernels/quant/interleave.h):
+//     each run of eight blocks regrouped so that a 512-bit kernel decodes four blocks per
+//     load; the same bytes per row, so strides and row slices are unchanged.
+enum class WeightLayout { kGguf, kInterleaved8 };
+
 // A 2-D quantized weight matrix: `rows` rows of `cols` elements, row r starting at
 // data + r * row_bytes. Linear layers compute y = W x, so rows = output features and
 // cols = input features (GGUF ne = {cols, rows}).
@@ -36,13 +43,15 @@ struct QuantMatrix {
   int64_t cols = 0;
   int64_t row_bytes = 0;  // stride between rows; >= bytes of one row (slices may pad)
   const void* data = nullptr;
+  WeightLayout layout = WeightLayout::kGguf;
 
   const uint8_t* row(int64_t r) const { return static_cast<const uint8_t*>(data) + r * row_bytes; }
 };
 
 // Rows [row0, row0 + rows) and columns [col0, col0 + cols) of `m`, without copying: the view
 // keeps m's row stride. Column bounds must fall on block boundaries of m's type (a tensor-
-// parallel split of a quantized row cannot cut a block).
+// parallel split of a quantized row cannot cut a block); an interleaved matrix can be cut
+// into rows only (its columns are regrouped).
 absl::StatusOr<QuantMatrix> SliceMatrix(const QuantMatrix& m, int64_t row0, int64_t rows,
                                         int64_t col0, int64_t cols);
 

@@ -4,8 +4,11 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <new>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/quant/interleave.h"
 #include "kernels/quant/types.h"
 #include "kernels/status_macros.h"
 
@@ -14,12 +17,42 @@ namespace {
 
 class HostWeight final : public Weight {
  public:
+  // A view of the caller's memory (the mmap).
   explicit HostWeight(const QuantMatrix& m) : m_(m) {}
+  // A copy of m in the interleaved layout (rows row_bytes apart), owned by the weight; the
+  // rows are converted by the pool's threads.
+  static absl::StatusOr<std::unique_ptr<HostWeight>> Interleaved(const QuantMatrix& m,
+                                                                 int64_t row_bytes,
+                                                                 ThreadPool* pool) {
+    auto w = std::make_unique<HostWeight>(m);
+    const int64_t bytes = m.rows * row_bytes;
+    w->owned_.reset(new (std::nothrow) uint8_t[static_cast<size_t>(bytes)]);
+    if (w->owned_ == nullptr) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "out of memory: ", bytes, " bytes for the interleaved copy of a ", m.rows, " x ",
+          m.cols, " weight (CpuBackend interleave = false keeps weights in the mmap)"));
+    }
+    const int64_t n_blocks = m.cols / FindQuantTraits(m.type)->block_elems;
+    pool->Run([&](int thread, int n_threads) {
+      int64_t begin, end;
+      ThreadPool::Share(m.rows, thread, n_threads, 1, &begin, &end);
+      for (int64_t r = begin; r < end; ++r) {
+        InterleaveRow(m.type, m.row(r), n_blocks, w->owned_.get() + r * row_bytes);
+      }
+    });
+    w->m_.data = w->owned_.get();
+    w->m_.row_bytes = row_bytes;
+    w->m_.layout = WeightLayout::kInterleaved8;
+    w->bytes_ = bytes;
+    return w;
+  }
   const QuantMatrix& matrix() const override { return m_; }
-  int64_t device_bytes() const override { return 0; }  // stays in the mmap
+  int64_t device_bytes() const override { return bytes_; }  // 0: stays in the mmap
 
  private:
   QuantMatrix m_;
+  std::unique_ptr<uint8_t[]> owned_;
+  int64_t bytes_ = 0;
 };
 
 class HostBuffer final : public DeviceBuffer {
@@ -199,8 +232,8 @@ bool SameRope(const RopeParams& a, const RopeParams& b) {
 
 }  // namespace
 
-CpuBackend::CpuBackend(int n_threads, bool exact_matmul)
-    : pool_(std::max(1, n_threads)), exact_matmul_(exact_matmul) {}
+CpuBackend::CpuBackend(int n_threads, bool exact_matmul, bool interleave)
+    : pool_(std::max(1, n_threads)), exact_matmul_(exact_matmul), interleave_(interleave) {}
 
 std::string CpuBackend::name() const {
   return absl::StrCat("cpu (", std::string(CpuIsaName(DetectCpuIsa())), ", ", pool_.size(), " threads)");
@@ -218,6 +251,14 @@ absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::LoadWeight(const QuantMatrix
     return absl::InvalidArgumentError(absl::StrCat("malformed ", traits->name, " weight: rows=",
                                                    host.rows, " cols=", host.cols,
                                                    " row_bytes=", host.row_bytes));
+  }
+  const CpuIsa isa = DetectCpuIsa();
+  if (interleave_ && host.layout == WeightLayout::kGguf && InterleaveSupported(host.type) &&
+      host.cols >= kInterleaveBlocks * traits->block_elems &&
+      (isa == CpuIsa::kAvx512Vnni || isa == CpuIsa::kAmx)) {
+    TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<HostWeight> w,
+                             HostWeight::Interleaved(host, *row_bytes, &pool_));
+    return std::unique_ptr<Weight>(std::move(w));
   }
   return std::make_unique<HostWeight>(host);
 }
@@ -250,13 +291,12 @@ absl::Status CpuBackend::CopyToDevice(const float* host, int64_t n, float* devic
 absl::Status CpuBackend::Embed(const Weight& table, const int32_t* ids, int64_t n_tokens,
                                float* out) {
   const QuantMatrix& m = table.matrix();
-  const QuantTraits* traits = FindQuantTraits(m.type);
   for (int64_t t = 0; t < n_tokens; ++t) {
     if (ids[t] < 0 || ids[t] >= m.rows) {
       return absl::InvalidArgumentError(
           absl::StrCat("token id ", ids[t], " is outside the vocabulary (", m.rows, " tokens)"));
     }
-    traits->dequantize_ref(m.row(ids[t]), out + t * m.cols, m.cols);
+    DequantizeMatrixRow(m, ids[t], out + t * m.cols);
   }
   return absl::OkStatus();
 }
@@ -285,7 +325,7 @@ absl::Status CpuBackend::ExactMatMul(const QuantMatrix& w, const float* x, int64
     ThreadPool::Share(w.rows, thread, n_threads, 1, &begin, &end);
     std::vector<float> row(static_cast<size_t>(w.cols));
     for (int64_t r = begin; r < end; ++r) {
-      traits->dequantize_ref(w.row(r), row.data(), w.cols);
+      DequantizeMatrixRow(w, r, row.data());
       for (int64_t t = 0; t < n_tokens; ++t) {
         const float* xt = x + t * w.cols;
         double acc = 0.0;

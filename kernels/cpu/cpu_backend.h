@@ -1,6 +1,9 @@
 // CpuBackend: the Backend on host memory. Weights stay in the GGUF mmap (LoadWeight copies
-// nothing); matmuls use the fused quantized kernels of kernels/cpu/matmul.h; the other ops are
-// plain loops split across the same thread pool.
+// nothing), except Q4_0 / Q4_1 matrices on CPUs with AVX-512 VNNI: those are copied once into
+// the interleaved layout (kernels/quant/interleave.h), whose batch-1 kernels stream at the
+// memory bandwidth where the GGUF layout's fall short of it; the mmap's pages are then left
+// to the page cache. Matmuls use the fused quantized kernels of kernels/cpu/matmul.h; the
+// other ops are plain loops split across the same thread pool.
 //
 // Thread-safety: one engine thread at a time (the pool is not re-entrant).
 #ifndef TESSERA_KERNELS_CPU_CPU_BACKEND_H_
@@ -21,7 +24,9 @@ class CpuBackend final : public Backend {
   // exact_matmul: multiply with the reference-dequantized weights in float64 instead of the
   // fused 8-bit kernels. Slow; for tests that check the rest of the forward pass tightly
   // against a float64 reference without the activation-quantization noise.
-  explicit CpuBackend(int n_threads, bool exact_matmul = false);
+  // interleave: store Q4_0 / Q4_1 weights interleaved where this CPU's kernels read that layout
+  // faster (AVX-512 VNNI); false keeps every weight in place (no copy).
+  explicit CpuBackend(int n_threads, bool exact_matmul = false, bool interleave = true);
   std::string name() const override;
   int n_threads() const { return pool_.size(); }
 
@@ -58,6 +63,7 @@ class CpuBackend final : public Backend {
 
   ThreadPool pool_;
   const bool exact_matmul_;
+  const bool interleave_;
   MatMulScratch scratch_;
   KvLayout kv_layout_;
   std::vector<float> kv_;  // (n_layers, 2, n_blocks * block_tokens, n_kv_heads, head_dim)

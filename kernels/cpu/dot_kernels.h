@@ -70,6 +70,9 @@ RowDotFn ScalarRowDot(GgmlType type);
 RowDotFn Avx2RowDot(GgmlType type);
 RowDotFn Avx512VnniRowDot(GgmlType type);
 
+// Q4_0 / Q4_1 rows in the interleaved layout (kernels/quant/interleave.h); nullptr for other
+// types. Only AVX-512 VNNI has them: MatMulQ runs the others' kernels on deinterleaved copies.
+RowDotFn Avx512VnniInterleavedRowDot(GgmlType type);
 // The k-quant halves of the tables above (their own files, to keep files short).
 RowDotFn ScalarKQuantRowDot(GgmlType type);
 RowDotFn Avx2KQuantRowDot(GgmlType type);

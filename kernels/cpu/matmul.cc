@@ -6,12 +6,14 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/act_quant.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/dot_kernels.h"
 #include "kernels/cpu/gemm_kernels.h"
+#include "kernels/quant/interleave.h"
 #include "kernels/quant/types.h"
 
 namespace tessera {
@@ -136,6 +138,10 @@ absl::Status CheckWeight(const QuantMatrix& w, int64_t n_batch) {
   if (!row_bytes.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("MatMulQ: ", row_bytes.status().message()));
   }
+  if (w.layout != WeightLayout::kGguf && !InterleaveSupported(w.type)) {
+    return absl::InvalidArgumentError(absl::StrCat("MatMulQ: ", traits->name,
+                                                   " weights have no interleaved layout"));
+  }
   if (w.row_bytes < *row_bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("MatMulQ: row stride ", w.row_bytes, " bytes is less than the ", *row_bytes,
@@ -150,6 +156,10 @@ struct ProductPlan {
   float* y;
   RowDotFn dot;
   GemmRowsFn gemm;    // nullptr: the row-dot path
+  // The kernels read GGUF rows but w is interleaved: they run on deinterleaved copies of each
+  // tile of rows (the tiled path, and the row-dot path below AVX-512 VNNI).
+  bool deinterleave;
+  int64_t gguf_row_bytes;
   const uint8_t* act;  // x in the product's activation format
   int64_t act_stride;
   const uint8_t* panels;  // the tiled path's packed activations
@@ -161,11 +171,12 @@ struct ProductPlan {
 
 constexpr ActFormat kQuantizedFormats[] = {ActFormat::kBlock32, ActFormat::kBlock256};
 
-// Rows [begin, end) of one product.
-void RunRows(const ProductPlan& p, int64_t begin, int64_t end, int64_t n_batch) {
-  const QuantMatrix& w = *p.w;
+// Rows [begin, end) of one product, read from w (stride w_stride); y points at row 0's output.
+void RunRowsOf(const ProductPlan& p, const uint8_t* w, int64_t w_stride, int64_t begin,
+               int64_t end, int64_t n_batch, float* y) {
+  const int64_t y_stride = p.w->rows;
   if (p.gemm != nullptr) {
-    p.gemm(w.row(0), w.row_bytes, begin, end, p.n_blocks, p.panels, n_batch, p.y, w.rows);
+    p.gemm(w, w_stride, begin, end, p.n_blocks, p.panels, n_batch, y, y_stride);
     return;
   }
   for (int64_t r0 = begin; r0 < end; r0 += p.tile_rows) {
@@ -173,10 +184,31 @@ void RunRows(const ProductPlan& p, int64_t begin, int64_t end, int64_t n_batch) 
     for (int64_t b = 0; b < n_batch; b += kMaxActRows) {
       const int n_act = static_cast<int>(std::min<int64_t>(kMaxActRows, n_batch - b));
       for (int64_t r = r0; r < r1; ++r) {
-        p.dot(w.row(r), p.n_blocks, p.act + b * p.act_stride, p.act_stride, n_act,
-              p.y + b * w.rows + r, w.rows);
+        p.dot(w + r * w_stride, p.n_blocks, p.act + b * p.act_stride, p.act_stride, n_act,
+              y + b * y_stride + r, y_stride);
       }
     }
+  }
+}
+
+// Rows [begin, end) of one product.
+void RunRows(const ProductPlan& p, int64_t begin, int64_t end, int64_t n_batch) {
+  const QuantMatrix& w = *p.w;
+  if (!p.deinterleave) {
+    RunRowsOf(p, w.row(0), w.row_bytes, begin, end, n_batch, p.y);
+    return;
+  }
+  // Tiles of rows deinterleaved into a cached buffer, then run as GGUF rows 0.. of it. The
+  // tiled path takes 16 rows at a time (whole output groups of GemmRowsOf).
+  const int64_t tile = p.gemm != nullptr ? 16 : p.tile_rows;
+  thread_local std::vector<uint8_t> rows;
+  rows.resize(static_cast<size_t>(tile * p.gguf_row_bytes));
+  for (int64_t r0 = begin; r0 < end; r0 += tile) {
+    const int64_t n = std::min(end - r0, tile);
+    for (int64_t r = 0; r < n; ++r) {
+      DeinterleaveRow(w.type, w.row(r0 + r), p.n_blocks, rows.data() + r * p.gguf_row_bytes);
+    }
+    RunRowsOf(p, rows.data(), p.gguf_row_bytes, 0, n, n_batch, p.y + r0);
   }
 }
 
@@ -238,11 +270,16 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
     ProductPlan& p = plans[i];
     p.w = &w;
     p.y = products[i].y;
-    p.dot = FindRowDot(w.type, options.isa);
+    const bool interleaved = w.layout == WeightLayout::kInterleaved8;
+    const bool vnni = options.isa == CpuIsa::kAvx512Vnni || options.isa == CpuIsa::kAmx;
+    p.dot = interleaved && vnni ? Avx512VnniInterleavedRowDot(w.type)
+                                : FindRowDot(w.type, options.isa);
     const ActFormat format = ActFormatFor(w.type);
     const int64_t min_batch = format == ActFormat::kBlock256 ? options.kquant_gemm_min_batch
                                                               : options.gemm_min_batch;
     p.gemm = n_batch >= min_batch ? FindGemmRows(w.type, options.isa) : nullptr;
+    p.deinterleave = interleaved && (p.gemm != nullptr || !vnni);
+    p.gguf_row_bytes = *RowBytes(*traits, cols);
     p.act_stride = ActRowBytes(format, cols);
     p.act = reinterpret_cast<const uint8_t*>(x);
     p.panels = nullptr;

@@ -56,6 +56,29 @@ inline __m256i JoinHalves(__m256i q0, __m256i q1) {
                           _mm256_permute2x128_si256(q0, q1, 0x31));
 }
 
+// The float side of eight blocks of a 32-element format (lane j = block i + j) in the
+// canonical order: dot_i the exact integer block dots, dw the weight scales, field the
+// format's offset field (F::kOffsetField), da / ds / bias the activation rows' d, ds and
+// kCodeBias * sum of those blocks. Adds t = fl(fl(dw da) dot) + fl(off ds) to each row's
+// accumulator (lane c = chain c).
+template <typename F, int NA>
+inline void AddBlockTerms(const __m256i (&dot_i)[NA], __m256 dw, __m256 field,
+                          const __m256 (&da)[NA], const __m256 (&ds)[NA],
+                          const __m256i (&bias)[NA], __m256 (&acc)[NA]) {
+  constexpr bool kOffset = F::kOffsetFactor != 0.0f;
+  const __m256 off = _mm256_mul_ps(_mm256_set1_ps(F::kOffsetFactor), field);  // exact: 1, -8, -16
+  for (int b = 0; b < NA; ++b) {
+    __m256i d = dot_i[b];
+    if constexpr (F::kCodeBias != 0) {
+      d = _mm256_sub_epi32(d, _mm256_mullo_epi32(bias[b], _mm256_set1_epi32(F::kCodeBias)));
+    }
+    const __m256 dot = _mm256_cvtepi32_ps(d);
+    __m256 t = Rounded(_mm256_mul_ps(_mm256_mul_ps(dw, da[b]), dot));
+    if constexpr (kOffset) t = _mm256_add_ps(t, Rounded(_mm256_mul_ps(off, ds[b])));
+    acc[b] = _mm256_add_ps(acc[b], t);
+  }
+}
+
 // One weight row of 32-element blocks against NA activation rows (ActRow32), in the canonical
 // order of dot_kernels.h: lane c of each row's accumulator is chain c, so eight consecutive
 // blocks i..i+7 are one step: their exact integer dots reduced into one int32 vector (lane j =
@@ -76,7 +99,7 @@ inline void Block32Step(const uint8_t* wb, int n, const ActRow32 (&a)[NA], int64
                         __m256 (&acc)[NA]) {
   constexpr bool kOffset = F::kOffsetFactor != 0.0f;
   __m256 dw, field = _mm256_setzero_ps(), da[NA], ds[NA];
-  __m256i bias[NA];  // kCodeBias * sum(a) of the eight blocks
+  __m256i bias[NA] = {};  // sum(a) of the eight blocks (formats with a kCodeBias)
   if constexpr (kFull) {
     PrefetchWeights<8 * F::kBytes>(wb);
     dw = Fp16x8<F::kBytes>(wb);
@@ -127,17 +150,9 @@ inline void Block32Step(const uint8_t* wb, int n, const ActRow32 (&a)[NA], int64
     }
     for (int b = 0; b < NA; ++b) q[half][b] = _mm256_hadd_epi32(h[0][b], h[1][b]);
   }
-  const __m256 off = _mm256_mul_ps(_mm256_set1_ps(F::kOffsetFactor), field);  // exact: 1, -8, -16
-  for (int b = 0; b < NA; ++b) {
-    __m256i dot_i = JoinHalves(q[0][b], q[1][b]);
-    if constexpr (F::kCodeBias != 0) {
-      dot_i = _mm256_sub_epi32(dot_i, _mm256_mullo_epi32(bias[b], _mm256_set1_epi32(F::kCodeBias)));
-    }
-    const __m256 dot = _mm256_cvtepi32_ps(dot_i);
-    __m256 t = Rounded(_mm256_mul_ps(_mm256_mul_ps(dw, da[b]), dot));
-    if constexpr (kOffset) t = _mm256_add_ps(t, Rounded(_mm256_mul_ps(off, ds[b])));
-    acc[b] = _mm256_add_ps(acc[b], t);
-  }
+  __m256i dot_i[NA];
+  for (int b = 0; b < NA; ++b) dot_i[b] = JoinHalves(q[0][b], q[1][b]);
+  AddBlockTerms<F, NA>(dot_i, dw, field, da, ds, bias, acc);
 }
 
 template <typename F, int NA>

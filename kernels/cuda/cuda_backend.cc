@@ -280,6 +280,10 @@ absl::StatusOr<std::unique_ptr<Weight>> CudaBackend::LoadWeight(const QuantMatri
                                                    " weight: rows=", host.rows, " cols=",
                                                    host.cols, " row_bytes=", host.row_bytes));
   }
+  if (host.layout != WeightLayout::kGguf) {
+    return absl::InvalidArgumentError(
+        "the CUDA backend takes weights in the GGUF layout (this one is the CPU's interleaved)");
+  }
   if (!cuda::DequantizeSupports(static_cast<uint32_t>(host.type))) {
     return absl::UnimplementedError(absl::StrCat("the CUDA backend has no kernels for ",
                                                  GgmlTypeName(host.type), " weights"));

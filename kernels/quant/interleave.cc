@@ -1,0 +1,100 @@
+#include "kernels/quant/interleave.h"
+
+#include <cstring>
+#include <vector>
+
+#include "kernels/quant/q4.h"
+
+namespace tessera {
+namespace {
+
+// Bytes of the scale fields at the start of a block (d, or d and m).
+int ScaleBytes(GgmlType type) { return type == GgmlType::kQ4_1 ? 4 : 2; }
+
+// One group of eight blocks (`blocks`, GGUF, block_bytes apart) <-> its interleaved form.
+// The code of element e of a GGUF block is the low nibble of qs[e] (e < 16) or the high
+// nibble of qs[e - 16]; in a chunk byte, the low nibble is block 4c + k / 32 and the high
+// nibble block 4c + 2 + k / 32, element k mod 32 of both (interleave.h).
+void InterleaveGroup(const uint8_t* blocks, int block_bytes, int scale_bytes, uint8_t* group) {
+  for (int c = 0; c < 2; ++c) {
+    for (int half = 0; half < 2; ++half) {  // k / 32
+      const uint8_t* lo = blocks + (4 * c + half) * block_bytes + scale_bytes;      // its qs
+      const uint8_t* hi = blocks + (4 * c + 2 + half) * block_bytes + scale_bytes;  // its qs
+      uint8_t* out = group + 64 * c + 32 * half;
+      for (int e = 0; e < 16; ++e) {
+        out[e] = static_cast<uint8_t>((lo[e] & 0x0F) | (hi[e] << 4));
+        out[16 + e] = static_cast<uint8_t>((lo[e] >> 4) | (hi[e] & 0xF0));
+      }
+    }
+  }
+  for (int j = 0; j < kInterleaveBlocks; ++j) {
+    for (int f = 0; f < scale_bytes / 2; ++f) {  // d, then m
+      std::memcpy(group + 128 + 16 * f + 2 * j, blocks + j * block_bytes + 2 * f, 2);
+    }
+  }
+}
+
+void DeinterleaveGroup(const uint8_t* group, int block_bytes, int scale_bytes, uint8_t* blocks) {
+  for (int c = 0; c < 2; ++c) {
+    for (int half = 0; half < 2; ++half) {
+      uint8_t* lo = blocks + (4 * c + half) * block_bytes + scale_bytes;
+      uint8_t* hi = blocks + (4 * c + 2 + half) * block_bytes + scale_bytes;
+      const uint8_t* in = group + 64 * c + 32 * half;
+      for (int e = 0; e < 16; ++e) {
+        lo[e] = static_cast<uint8_t>((in[e] & 0x0F) | (in[16 + e] << 4));
+        hi[e] = static_cast<uint8_t>((in[e] >> 4) | (in[16 + e] & 0xF0));
+      }
+    }
+  }
+  for (int j = 0; j < kInterleaveBlocks; ++j) {
+    for (int f = 0; f < scale_bytes / 2; ++f) {
+      std::memcpy(blocks + j * block_bytes + 2 * f, group + 128 + 16 * f + 2 * j, 2);
+    }
+  }
+}
+
+template <bool kToInterleaved>
+void ConvertRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* dst) {
+  const int block_bytes = static_cast<int>(FindQuantTraits(type)->block_bytes);
+  const int scale_bytes = ScaleBytes(type);
+  const int64_t group_bytes = int64_t{kInterleaveBlocks} * block_bytes;
+  const int64_t n_groups = n_blocks / kInterleaveBlocks;
+  for (int64_t g = 0; g < n_groups; ++g) {
+    if constexpr (kToInterleaved) {
+      InterleaveGroup(src + g * group_bytes, block_bytes, scale_bytes, dst + g * group_bytes);
+    } else {
+      DeinterleaveGroup(src + g * group_bytes, block_bytes, scale_bytes, dst + g * group_bytes);
+    }
+  }
+  const int64_t done = n_groups * group_bytes;
+  std::memcpy(dst + done, src + done, static_cast<size_t>(n_blocks * block_bytes - done));
+}
+
+}  // namespace
+
+bool InterleaveSupported(GgmlType type) {
+  return type == GgmlType::kQ4_0 || type == GgmlType::kQ4_1;
+}
+
+void InterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* dst) {
+  ConvertRow<true>(type, src, n_blocks, dst);
+}
+
+void DeinterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* dst) {
+  ConvertRow<false>(type, src, n_blocks, dst);
+}
+
+void DequantizeMatrixRow(const QuantMatrix& m, int64_t r, float* out) {
+  const QuantTraits* traits = FindQuantTraits(m.type);
+  if (m.layout == WeightLayout::kGguf) {
+    traits->dequantize_ref(m.row(r), out, m.cols);
+    return;
+  }
+  const int64_t n_blocks = m.cols / traits->block_elems;
+  thread_local std::vector<uint8_t> row;
+  row.resize(static_cast<size_t>(n_blocks * traits->block_bytes));
+  DeinterleaveRow(m.type, m.row(r), n_blocks, row.data());
+  traits->dequantize_ref(row.data(), out, m.cols);
+}
+
+}  // namespace tessera

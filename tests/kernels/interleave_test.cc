@@ -1,0 +1,284 @@
+// The interleaved layout of Q4_0 / Q4_1 rows (kernels/quant/interleave.h) and everything that
+// reads it: the layout against its specification (restated here from the GGUF element order
+// of q4.h), the round trip, and MatMulQ / MatMulQMany / CpuBackend / Engine giving the same
+// bits from an interleaved weight as from the GGUF one: every instruction set (the VNNI kernels
+// read the layout, the others deinterleaved copies), the row-dot and the tiled paths, batches
+// on both sides of every threshold, 1-3 threads, block counts with and without a tail.
+#include "kernels/quant/interleave.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/quant/q4.h"
+#include "kernels/quant/types.h"
+#include "kernels/tensor.h"
+#include "model/engine.h"
+#include "model/weights.h"
+#include "tests/common/tiny_llama.h"
+#include "tests/kernels/matmul_testutil.h"
+
+namespace tessera {
+namespace {
+
+constexpr GgmlType kTypes[] = {GgmlType::kQ4_0, GgmlType::kQ4_1};
+constexpr int64_t kBlockCounts[] = {1, 7, 8, 9, 16, 18, 67};
+constexpr int64_t kNoGemm = std::numeric_limits<int64_t>::max();
+
+// Rows quantized by the reference quantizer, of different magnitudes.
+std::vector<uint8_t> QuantizedRows(GgmlType type, int64_t rows, int64_t cols, uint32_t seed) {
+  const QuantTraits& t = *FindQuantTraits(type);
+  const int64_t row_bytes = *RowBytes(t, cols);
+  std::vector<uint8_t> out(static_cast<size_t>(rows * row_bytes));
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> row(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float scale = std::exp2(static_cast<float>(r % 5) - 2.0f);
+    for (float& v : row) v = normal(rng) * scale + (type == GgmlType::kQ4_1 ? 0.3f : 0.0f);
+    t.quantize_ref(row.data(), out.data() + r * row_bytes, cols);
+  }
+  return out;
+}
+
+std::vector<uint8_t> InterleaveAll(GgmlType type, const std::vector<uint8_t>& gguf, int64_t rows,
+                                   int64_t n_blocks) {
+  const int64_t row_bytes = static_cast<int64_t>(gguf.size()) / rows;
+  std::vector<uint8_t> out(gguf.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    InterleaveRow(type, gguf.data() + r * row_bytes, n_blocks, out.data() + r * row_bytes);
+  }
+  return out;
+}
+
+// The code of element e of a GGUF Q4 block whose nibbles start at qs (q4.h's element order).
+int Code(const uint8_t* qs, int e) { return e < 16 ? qs[e] & 0x0F : qs[e - 16] >> 4; }
+
+TEST(InterleaveTest, GroupsFollowTheDocumentedLayout) {
+  for (GgmlType type : kTypes) {
+    const QuantTraits& t = *FindQuantTraits(type);
+    const int scale_bytes = type == GgmlType::kQ4_1 ? 4 : 2;
+    // Random bytes: every nibble and scale value distinct enough to catch any misplacement.
+    std::mt19937 rng(7);
+    std::vector<uint8_t> gguf(static_cast<size_t>(9 * t.block_bytes));
+    for (uint8_t& b : gguf) b = static_cast<uint8_t>(rng());
+    std::vector<uint8_t> il(gguf.size());
+    InterleaveRow(type, gguf.data(), 9, il.data());
+    auto block = [&](int j) { return gguf.data() + j * t.block_bytes; };
+    for (int c = 0; c < 2; ++c) {
+      for (int k = 0; k < 64; ++k) {
+        const uint8_t byte = il[64 * c + k];
+        EXPECT_EQ(byte & 0x0F, Code(block(4 * c + k / 32) + scale_bytes, k % 32))
+            << t.name << " chunk " << c << " byte " << k;
+        EXPECT_EQ(byte >> 4, Code(block(4 * c + 2 + k / 32) + scale_bytes, k % 32))
+            << t.name << " chunk " << c << " byte " << k;
+      }
+    }
+    for (int j = 0; j < 8; ++j) {
+      EXPECT_EQ(0, std::memcmp(&il[128 + 2 * j], block(j), 2)) << t.name << " d of block " << j;
+      if (type == GgmlType::kQ4_1) {
+        EXPECT_EQ(0, std::memcmp(&il[144 + 2 * j], block(j) + 2, 2)) << "m of block " << j;
+      }
+    }
+    // The ninth block (the tail) stays a GGUF block.
+    EXPECT_EQ(0, std::memcmp(&il[8 * t.block_bytes], block(8), t.block_bytes)) << t.name;
+  }
+}
+
+TEST(InterleaveTest, RoundTripIsExactAndDequantizesAsTheGgufRow) {
+  for (GgmlType type : kTypes) {
+    const QuantTraits& t = *FindQuantTraits(type);
+    for (int64_t n_blocks : kBlockCounts) {
+      const int64_t cols = n_blocks * 32, rows = 3;
+      const std::vector<uint8_t> gguf = QuantizedRows(type, rows, cols, 11);
+      const std::vector<uint8_t> il = InterleaveAll(type, gguf, rows, n_blocks);
+      const int64_t row_bytes = *RowBytes(t, cols);
+      std::vector<uint8_t> back(static_cast<size_t>(row_bytes));
+      QuantMatrix m{type, rows, cols, row_bytes, il.data(), WeightLayout::kInterleaved8};
+      std::vector<float> want(static_cast<size_t>(cols)), got(want.size());
+      for (int64_t r = 0; r < rows; ++r) {
+        DeinterleaveRow(type, il.data() + r * row_bytes, n_blocks, back.data());
+        EXPECT_EQ(0, std::memcmp(back.data(), gguf.data() + r * row_bytes, back.size()))
+            << t.name << " " << n_blocks << " blocks, row " << r;
+        t.dequantize_ref(gguf.data() + r * row_bytes, want.data(), cols);
+        DequantizeMatrixRow(m, r, got.data());
+        EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
+      }
+    }
+  }
+}
+
+std::vector<float> Activations(int64_t n, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(n * cols));
+  for (float& v : x) v = normal(rng);
+  for (int64_t i = 0; i < n * cols; i += 97) x[i] *= 30.0f;  // outliers: cancellations
+  return x;
+}
+
+std::vector<float> Product(const QuantMatrix& w, const std::vector<float>& x, int64_t n_batch,
+                       CpuIsa isa, int threads, int64_t gemm_min_batch) {
+  std::vector<float> y(static_cast<size_t>(n_batch * w.rows), std::nanf(""));
+  MatMulScratch scratch;
+  MatMulOptions options;
+  options.isa = isa;
+  options.gemm_min_batch = gemm_min_batch;
+  const absl::Status st = MatMulQ(w, x.data(), n_batch, y.data(), TestPool(threads), &scratch,
+                                  options);
+  EXPECT_TRUE(st.ok()) << st;
+  return y;
+}
+
+TEST(InterleaveMatMulTest, SameBitsAsTheGgufLayoutOnEveryPath) {
+  constexpr int64_t kRows = 37;  // three 16-row chunks and a partial one
+  constexpr int64_t kBatches[] = {1, 2, 3, 4, 5, 11, 12, 16, 33};
+  for (GgmlType type : kTypes) {
+    const QuantTraits& t = *FindQuantTraits(type);
+    for (int64_t n_blocks : kBlockCounts) {
+      const int64_t cols = n_blocks * 32;
+      const std::vector<uint8_t> gguf = QuantizedRows(type, kRows, cols, 5);
+      const std::vector<uint8_t> il = InterleaveAll(type, gguf, kRows, n_blocks);
+      const int64_t row_bytes = *RowBytes(t, cols);
+      const QuantMatrix wg{type, kRows, cols, row_bytes, gguf.data()};
+      const QuantMatrix wi{type, kRows, cols, row_bytes, il.data(), WeightLayout::kInterleaved8};
+      const std::vector<float> x = Activations(33, cols, 9);
+      for (CpuIsa isa : AvailableIsas()) {
+        for (int64_t n_batch : kBatches) {
+          for (int64_t gemm_min : {int64_t{1}, kDefaultGemmMinBatch, kNoGemm}) {
+            const int threads = 1 + static_cast<int>(n_batch % 3);
+            const std::vector<float> want = Product(wg, x, n_batch, isa, threads, gemm_min);
+            const std::vector<float> got = Product(wi, x, n_batch, isa, threads, gemm_min);
+            EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
+                << t.name << " " << n_blocks << " blocks, batch " << n_batch << ", "
+                << CpuIsaName(isa) << ", gemm from " << gemm_min << ", " << threads
+                << " threads";
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(InterleaveMatMulTest, MatMulQManyMixesLayouts) {
+  const int64_t cols = 18 * 32, rows = 40;
+  const std::vector<uint8_t> q40 = QuantizedRows(GgmlType::kQ4_0, rows, cols, 1);
+  const std::vector<uint8_t> q41 = QuantizedRows(GgmlType::kQ4_1, rows, cols, 2);
+  const std::vector<uint8_t> q40i = InterleaveAll(GgmlType::kQ4_0, q40, rows, 18);
+  const int64_t rb40 = *RowBytes(*FindQuantTraits(GgmlType::kQ4_0), cols);
+  const int64_t rb41 = *RowBytes(*FindQuantTraits(GgmlType::kQ4_1), cols);
+  const QuantMatrix a{GgmlType::kQ4_0, rows, cols, rb40, q40i.data(), WeightLayout::kInterleaved8};
+  const QuantMatrix b{GgmlType::kQ4_1, rows, cols, rb41, q41.data()};
+  const QuantMatrix a_gguf{GgmlType::kQ4_0, rows, cols, rb40, q40.data()};
+  for (int64_t n_batch : {1, 3, 16}) {
+    const std::vector<float> x = Activations(n_batch, cols, 3);
+    std::vector<float> ya(static_cast<size_t>(n_batch * rows)), yb(ya.size());
+    const MatMulProduct products[] = {{&a, ya.data()}, {&b, yb.data()}};
+    MatMulScratch scratch;
+    ASSERT_TRUE(MatMulQMany(products, 2, x.data(), n_batch, TestPool(2), &scratch).ok());
+    const CpuIsa isa = DetectCpuIsa();
+    EXPECT_EQ(ya, Product(a_gguf, x, n_batch, isa, 1, kDefaultGemmMinBatch)) << n_batch;
+    EXPECT_EQ(yb, Product(b, x, n_batch, isa, 1, kDefaultGemmMinBatch)) << n_batch;
+  }
+}
+
+TEST(InterleaveMatMulTest, OtherTypesAndColumnSlicesAreRejected) {
+  const int64_t cols = 256;
+  std::vector<uint8_t> bytes(static_cast<size_t>(4 * 8 * 34));
+  const QuantMatrix q8{GgmlType::kQ8_0, 4, cols, 8 * 34, bytes.data(),
+                       WeightLayout::kInterleaved8};
+  std::vector<float> x(cols, 1.0f), y(4);
+  MatMulScratch scratch;
+  const absl::Status st = MatMulQ(q8, x.data(), 1, y.data(), nullptr, &scratch);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(st.message().find("interleaved"), std::string::npos) << st;
+
+  const QuantMatrix q4{GgmlType::kQ4_0, 4, cols, 8 * 18, bytes.data(),
+                       WeightLayout::kInterleaved8};
+  const absl::StatusOr<QuantMatrix> cut = SliceMatrix(q4, 0, 4, 0, 128);
+  EXPECT_EQ(cut.status().code(), absl::StatusCode::kInvalidArgument) << cut.status();
+  const absl::StatusOr<QuantMatrix> rows = SliceMatrix(q4, 1, 2, 0, cols);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->layout, WeightLayout::kInterleaved8);
+  EXPECT_EQ(rows->data, q4.row(1));
+}
+
+bool VnniHere() {
+  const CpuIsa isa = DetectCpuIsa();
+  return isa == CpuIsa::kAvx512Vnni || isa == CpuIsa::kAmx;
+}
+
+TEST(InterleaveBackendTest, LoadWeightInterleavesWhereTheKernelsReadIt) {
+  const int64_t rows = 24;
+  for (GgmlType type : kTypes) {
+    for (int64_t n_blocks : {int64_t{7}, int64_t{18}}) {
+      const int64_t cols = n_blocks * 32;
+      const std::vector<uint8_t> gguf = QuantizedRows(type, rows, cols, 21);
+      const int64_t row_bytes = *RowBytes(*FindQuantTraits(type), cols);
+      const QuantMatrix host{type, rows, cols, row_bytes, gguf.data()};
+      CpuBackend fast(2), plain(2, /*exact_matmul=*/false, /*interleave=*/false);
+      auto wf = fast.LoadWeight(host);
+      auto wp = plain.LoadWeight(host);
+      ASSERT_TRUE(wf.ok() && wp.ok());
+      const bool expect = VnniHere() && n_blocks >= 8;
+      EXPECT_EQ((*wf)->matrix().layout == WeightLayout::kInterleaved8, expect) << n_blocks;
+      EXPECT_EQ((*wf)->device_bytes(), expect ? rows * row_bytes : 0);
+      EXPECT_EQ((*wp)->matrix().layout, WeightLayout::kGguf);
+      EXPECT_EQ((*wp)->matrix().data, gguf.data());  // no copy
+      // Products at batch 1, 5 and 20 (row-dot and tiled), and embedding rows: same bits.
+      for (int64_t n : {1, 5, 20}) {
+        const std::vector<float> x = Activations(n, cols, 4);
+        std::vector<float> yf(static_cast<size_t>(n * rows)), yp(yf.size());
+        ASSERT_TRUE(fast.MatMul(**wf, x.data(), n, yf.data()).ok());
+        ASSERT_TRUE(plain.MatMul(**wp, x.data(), n, yp.data()).ok());
+        EXPECT_EQ(yf, yp) << n;
+      }
+      const int32_t ids[] = {0, 17, 23, 5};
+      std::vector<float> ef(4 * cols), ep(ef.size());
+      ASSERT_TRUE(fast.Embed(**wf, ids, 4, ef.data()).ok());
+      ASSERT_TRUE(plain.Embed(**wp, ids, 4, ep.data()).ok());
+      EXPECT_EQ(ef, ep);
+    }
+  }
+}
+
+// A llama with 256-wide matrices (every projection interleaves) in Q4_0 and Q4_1: the
+// engine's logits over a prefill and decode steps are the same bits either way.
+TEST(InterleaveBackendTest, EngineLogitsAreTheSameBits) {
+  ModelConfig c = testing_util::TinyLlamaConfig();
+  c.n_embd = 256;
+  c.n_heads = 8;
+  c.n_kv_heads = 2;
+  c.head_dim = 32;
+  c.n_rot = 32;
+  c.n_ff = 512;
+  for (GgmlType type : kTypes) {
+    auto w = SyntheticWeights::Create(c, type, 3);
+    ASSERT_TRUE(w.ok()) << w.status();
+    std::vector<float> logits[2];
+    for (int i = 0; i < 2; ++i) {
+      CpuBackend backend(2, false, /*interleave=*/i == 0);
+      EngineOptions opts;
+      opts.kv_budget_bytes = 1 << 22;
+      opts.kv_block_tokens = 4;
+      auto e = Engine::Create(**w, ModelShard::Whole(c), &backend, nullptr, opts);
+      ASSERT_TRUE(e.ok()) << e.status();
+      std::vector<float> step;
+      ASSERT_TRUE((*e)->Step({{1, {3, 1, 4, 1, 5, 9, 2, 6}, true}, {2, {7}, true}}, &step).ok());
+      logits[i] = step;
+      ASSERT_TRUE((*e)->Step({{1, {5}, true}, {2, {35}, true}}, &step).ok());
+      logits[i].insert(logits[i].end(), step.begin(), step.end());
+    }
+    ASSERT_FALSE(logits[0].empty());
+    EXPECT_EQ(logits[0], logits[1]) << GgmlTypeName(type);
+  }
+}
+
+}  // namespace
+}  // namespace tessera
