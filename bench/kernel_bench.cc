@@ -21,17 +21,20 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/read_bandwidth.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/quant/interleave.h"
 #include "kernels/quant/types.h"
 
 ABSL_FLAG(std::string, threads, "1,2", "comma-separated thread counts");
@@ -46,7 +49,11 @@ ABSL_FLAG(double, min_seconds, 1.0, "minimum timed duration per table row");
 ABSL_FLAG(int, ab_reps, 0,
           "if > 0: instead of the table, time the row-dot and the tiled (GEMM) path of each "
           "batch size alternately this many times (--min_seconds each) and print the best of each");
-ABSL_FLAG(std::string, isa, "", "force scalar|avx2|avx512|avx512_vnni (default: best)");
+ABSL_FLAG(std::string, isa, "", "force scalar|avx2|avx512|avx512_vnni|amx (default: best)");
+ABSL_FLAG(std::string, layout, "both",
+          "gguf|interleaved|both: the weight layouts timed for Q4_0/Q4_1 (kernels/quant/"
+          "interleave.h; the CPU backend stores those interleaved where the ISA is "
+          "avx512_vnni or amx); rows of the interleaved layout are named Q4_0/il");
 
 namespace tessera {
 namespace {
@@ -75,7 +82,7 @@ struct WeightSet {
 };
 
 WeightSet MakeWeightSet(const QuantTraits& traits, int64_t rows, int64_t cols, int64_t set_bytes,
-                        ThreadPool* pool) {
+                        WeightLayout layout, ThreadPool* pool) {
   WeightSet set;
   const int64_t row_bytes = *RowBytes(traits, cols);
   set.matrix_bytes = row_bytes * rows;
@@ -90,6 +97,11 @@ WeightSet MakeWeightSet(const QuantTraits& traits, int64_t rows, int64_t cols, i
   for (int64_t r = 0; r < kSeedRows; ++r) {
     for (float& v : row) v = normal(rng);
     traits.quantize_ref(row.data(), seed.data() + r * row_bytes, cols);
+    if (layout == WeightLayout::kInterleaved8) {
+      std::vector<uint8_t> gguf(seed.begin() + r * row_bytes, seed.begin() + (r + 1) * row_bytes);
+      InterleaveRow(traits.type, gguf.data(), cols / traits.block_elems,
+                    seed.data() + r * row_bytes);
+    }
   }
   const int64_t total_rows = n_mats * rows;
   pool->Run([&](int t, int nt) {  // each thread touches its own share first
@@ -101,8 +113,8 @@ WeightSet MakeWeightSet(const QuantTraits& traits, int64_t rows, int64_t cols, i
     }
   });
   for (int64_t m = 0; m < n_mats; ++m) {
-    set.mats.push_back(
-        QuantMatrix{traits.type, rows, cols, row_bytes, set.bytes.get() + m * set.matrix_bytes});
+    set.mats.push_back(QuantMatrix{traits.type, rows, cols, row_bytes,
+                                   set.bytes.get() + m * set.matrix_bytes, layout});
   }
   return set;
 }
@@ -183,6 +195,11 @@ int Main() {
     }
     formats.push_back(FindQuantTraits(*type));
   }
+  const std::string layout_flag = absl::GetFlag(FLAGS_layout);
+  if (layout_flag != "gguf" && layout_flag != "interleaved" && layout_flag != "both") {
+    absl::FPrintF(stderr, "--layout: '%s' is not gguf, interleaved or both\n", layout_flag);
+    return 2;
+  }
 
   absl::PrintF("kernel_bench: %d x %d matrices, ISA %s (CPU: %s)\n", rows, cols,
                std::string(CpuIsaName(options.isa)), CpuFeaturesString(GetCpuFeatures()));
@@ -195,12 +212,20 @@ int Main() {
   }
   // cpu% is the share of `threads` cores the benchmark actually got: well below 100% means
   // other processes competed for the cores and the row is not a clean measurement.
-  absl::PrintF("\n%-6s %7s %5s %12s %12s %9s %8s %6s\n", "format", "threads", "batch", "ms/product",
+  absl::PrintF("\n%-9s %7s %5s %12s %12s %9s %8s %6s\n", "format", "threads", "batch", "ms/product",
                "weight GB/s", "% of BW", "GFLOP/s", "cpu%");
+  std::vector<std::pair<const QuantTraits*, WeightLayout>> runs;
   for (const QuantTraits* traits : formats) {
+    const bool il = InterleaveSupported(traits->type);
+    if (!il || layout_flag != "interleaved") runs.emplace_back(traits, WeightLayout::kGguf);
+    if (il && layout_flag != "gguf") runs.emplace_back(traits, WeightLayout::kInterleaved8);
+  }
+  for (const auto& [traits, layout] : runs) {
+    const std::string name =
+        absl::StrCat(traits->name, layout == WeightLayout::kInterleaved8 ? "/il" : "");
     ThreadPool fill_pool(static_cast<int>(*std::max_element(threads.begin(), threads.end())));
-    const WeightSet set =
-        MakeWeightSet(*traits, rows, cols, absl::GetFlag(FLAGS_set_mib) << 20, &fill_pool);
+    const WeightSet set = MakeWeightSet(*traits, rows, cols, absl::GetFlag(FLAGS_set_mib) << 20,
+                                        layout, &fill_pool);
     for (size_t i = 0; i < threads.size(); ++i) {
       ThreadPool pool(static_cast<int>(threads[i]));
       if (const int reps = absl::GetFlag(FLAGS_ab_reps); reps > 0) {
@@ -218,9 +243,9 @@ int Main() {
           }
           const double flop = 2.0 * static_cast<double>(rows * cols * batch);
           absl::PrintF(
-              "%-6s threads %d batch %4d: row-dot %8.3f ms (%6.1f GFLOP/s), tiled %8.3f ms "
+              "%-9s threads %d batch %4d: row-dot %8.3f ms (%6.1f GFLOP/s), tiled %8.3f ms "
               "(%6.1f GFLOP/s): %.2fx (best of %d)\n",
-              traits->name, threads[i], batch, best_row_dot * 1e3, flop / best_row_dot / 1e9,
+              name, threads[i], batch, best_row_dot * 1e3, flop / best_row_dot / 1e9,
               best_tiled * 1e3, flop / best_tiled / 1e9, best_row_dot / best_tiled, reps);
           std::fflush(stdout);
         }
@@ -231,7 +256,7 @@ int Main() {
         const double gbps = static_cast<double>(set.matrix_bytes) / t.seconds_per_product / 1e9;
         const double gflops =
             2.0 * static_cast<double>(rows * cols * batch) / t.seconds_per_product / 1e9;
-        absl::PrintF("%-6s %7d %5d %12.3f %12.2f %8.1f%% %8.1f %5.0f%%\n", traits->name, threads[i],
+        absl::PrintF("%-9s %7d %5d %12.3f %12.2f %8.1f%% %8.1f %5.0f%%\n", name, threads[i],
                      batch, t.seconds_per_product * 1e3, gbps, 100.0 * gbps * 1e9 / bandwidth[i],
                      gflops, 100.0 * t.cpu_share);
         std::fflush(stdout);

@@ -30,21 +30,23 @@ namespace tessera {
 namespace {
 
 // An interleaved format: the GGUF block format F (its scale arithmetic and its tail blocks),
-// the group's bytes, and where the group keeps the offset field's eight fp16 values.
-template <typename F, int kFieldAt>
+// the group's bytes, and where the group keeps the eight fp16 values of the offset field:
+// after the 128 code bytes, field f (d = 0, m = 1) at 128 + 16 f.
+template <typename F>
 struct Interleaved {
   using Block = F;
   static constexpr int kGroupBytes = kInterleaveBlocks * F::kBytes;
-  static constexpr int kFieldOffset = kFieldAt;
+  static constexpr int kFieldOffset = 128 + 8 * F::kOffsetField;
 };
-using Q4_0x8 = Interleaved<Q4_0, 128>;  // the offset multiplies d
-using Q4_1x8 = Interleaved<Q4_1, 144>;  // m
-static_assert(Q4_0x8::kGroupBytes == 144 && Q4_1x8::kGroupBytes == 160, "interleave.h sizes");
+using Q4_0x8 = Interleaved<Q4_0>;  // the offset multiplies d
+using Q4_1x8 = Interleaved<Q4_1>;  // m
+static_assert(Q4_0x8::kGroupBytes == 144 && Q4_0x8::kFieldOffset == 128, "interleave.h sizes");
+static_assert(Q4_1x8::kGroupBytes == 160 && Q4_1x8::kFieldOffset == 144, "interleave.h sizes");
 
 // p0..p3: the products of blocks (0, 1), (2, 3), (4, 5), (6, 7), eight int32 lanes per block
 // (lanes 0..7 the first block, 8..15 the second). Returns lane j = the sum of block j's lanes.
 inline __m256i SumBlockLanes(__m512i p0, __m512i p1, __m512i p2, __m512i p3) {
-  // 128-bit quarter q of r01 = the sum of block q's two quarters (blocks 0..3), likewise r47.
+  // 128-bit quarter q of r03 = the sum of block q's two quarters (blocks 0..3), likewise r47.
   const __m512i r03 = _mm512_add_epi32(_mm512_shuffle_i32x4(p0, p1, 0x88),
                                        _mm512_shuffle_i32x4(p0, p1, 0xDD));
   const __m512i r47 = _mm512_add_epi32(_mm512_shuffle_i32x4(p2, p3, 0x88),

@@ -94,7 +94,7 @@ thread_local std::vector<SlotScales> slot_scales;
 // DecodeGroupFn (gemm_x86.h): each row's codes in chain-major slots as DecodeRow writes them,
 // the scales straight into slot_scales (rows past mr get zeros: their outputs are dropped, and
 // zero scales keep them finite). No code sums: the tile takes the +128 back itself.
-template <typename Fmt>
+template <typename Fmt, typename Blocks>
 void DecodeAmxGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, uint8_t* dec,
                     DecodedRow* rows) {
   static_assert(Fmt::kCodeBias == 0, "the tiles multiply the codes as they are");
@@ -111,13 +111,12 @@ void DecodeAmxGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks
       continue;
     }
     const uint8_t* wr = w + r * w_stride;
-    for (int64_t k = 0; k < n_blocks; ++k) {
-      const uint8_t* blk = wr + k * Fmt::kBytes;
+    Blocks::ForEach(wr, n_blocks, [&](int64_t k, __m256i block_codes, float d, float field) {
       const int64_t slot = start[k % kSumChains] + k / kSumChains;
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 32 * slot), Fmt::Codes(blk));
-      scales[slot].d[r] = LoadFp16(blk);  // every 32-element format stores d first
-      scales[slot].off[r] = Fmt::kOffsetFactor * LoadFp16(blk + Fmt::kOffsetField);
-    }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 32 * slot), block_codes);
+      scales[slot].d[r] = d;
+      scales[slot].off[r] = Fmt::kOffsetFactor * field;
+    });
   }
 }
 
@@ -190,9 +189,9 @@ TileFn SelectAmxTile(int /*mr*/, int /*np*/) {
   return AmxTile<Fmt>;
 }
 
-template <typename Fmt>
+template <typename Fmt, typename Blocks = GgufBlocks<Fmt>>
 GemmRowsFn Rows() {
-  return GemmRows<Fmt, kRows, kPanels, SelectAmxTile<Fmt>, DecodeAmxGroup<Fmt>>;
+  return GemmRows<Fmt, kRows, kPanels, SelectAmxTile<Fmt>, DecodeAmxGroup<Fmt, Blocks>>;
 }
 
 }  // namespace
@@ -209,6 +208,17 @@ GemmRowsFn AmxGemmRows(GgmlType type) {
       return Rows<Q5_1>();
     case GgmlType::kQ8_0:
       return Rows<Q8_0Signed>();
+    default:
+      return nullptr;
+  }
+}
+
+GemmRowsFn AmxInterleavedGemmRows(GgmlType type) {
+  switch (type) {
+    case GgmlType::kQ4_0:
+      return Rows<Q4_0, InterleavedBlocks<Q4_0>>();
+    case GgmlType::kQ4_1:
+      return Rows<Q4_1, InterleavedBlocks<Q4_1>>();
     default:
       return nullptr;
   }

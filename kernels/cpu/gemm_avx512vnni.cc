@@ -42,6 +42,19 @@ GemmRowsFn Avx512VnniGemmRows(GgmlType type) {
 }
 
 // The k-quants (gemm_kquant_x86.h): the same 4 x 2 tiles.
+GemmRowsFn Avx512VnniInterleavedGemmRows(GgmlType type) {
+  switch (type) {
+    case GgmlType::kQ4_0:
+      return GemmRows<Q4_0, kRows, kPanels, SelectTile<Ops512, Q4_0, kRows, kPanels>,
+                      DecodeGroup<Q4_0, kRows, InterleavedBlocks<Q4_0>>>;
+    case GgmlType::kQ4_1:
+      return GemmRows<Q4_1, kRows, kPanels, SelectTile<Ops512, Q4_1, kRows, kPanels>,
+                      DecodeGroup<Q4_1, kRows, InterleavedBlocks<Q4_1>>>;
+    default:
+      return nullptr;
+  }
+}
+
 GemmRowsFn Avx512VnniKGemmRows(GgmlType type) { return KGemmRows<Ops512, kRows, kPanels>(type); }
 
 }  // namespace tessera

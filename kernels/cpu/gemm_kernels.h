@@ -78,6 +78,9 @@ using GemmRowsFn = void (*)(const uint8_t* w, int64_t w_stride, int64_t row_begi
 // nullptr where that ISA has no tiled kernel for `type` (the caller keeps the row-dot path).
 GemmRowsFn AmxGemmRows(GgmlType type);
 GemmRowsFn Avx512VnniGemmRows(GgmlType type);
+// Q4_0 / Q4_1 rows in the interleaved layout (kernels/quant/interleave.h); nullptr otherwise.
+GemmRowsFn AmxInterleavedGemmRows(GgmlType type);
+GemmRowsFn Avx512VnniInterleavedGemmRows(GgmlType type);
 GemmRowsFn Avx2GemmRows(GgmlType type);
 // The k-quants, on the k-quant panels (gemm_kquant_x86.h).
 GemmRowsFn Avx512VnniKGemmRows(GgmlType type);

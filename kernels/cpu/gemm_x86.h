@@ -46,40 +46,77 @@ inline DecodedRow ViewDecodedRow(const uint8_t* p, int64_t n_blocks) {
           reinterpret_cast<const float*>(p + 40 * n_blocks)};
 }
 
-// Block `blk` into slot s of a decoded row's arrays.
+// The blocks of a weight row as the GEMM decoders read them: Blocks::ForEach(row, n_blocks, fn)
+// calls fn(k, codes, d, field) for k = 0 .. n_blocks - 1 in order, with block k's 32 codes
+// (bytes, element order), its d and its offset field (the fp16 at Fmt::kOffsetField) as
+// floats. GgufBlocks reads the GGUF layout; InterleavedBlocks the interleaved one
+// (kernels/quant/interleave.h: groups of eight blocks, the last n_blocks mod 8 GGUF blocks).
 template <typename Fmt>
-inline void DecodeBlock(const uint8_t* blk, int64_t s, uint8_t* codes_out, int32_t* bias, float* d,
-                        float* off) {
-  static_assert(Fmt::kCodeBias == 0, "the GEMM multiplies the codes as they are");
-  const __m256i codes = Fmt::Codes(blk);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes_out + 32 * s), codes);
-  // Sum of the codes: vpsadbw against zero sums unsigned bytes; signed codes are biased first.
-  const __m256i u = Fmt::kSignedCodes
-                        ? _mm256_xor_si256(codes, _mm256_set1_epi8(static_cast<char>(0x80)))
-                        : codes;
-  const __m256i sad = _mm256_sad_epu8(u, _mm256_setzero_si256());
-  const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
-  int32_t sum = static_cast<int32_t>(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1));
-  if (Fmt::kSignedCodes) sum -= 32 * 128;
-  bias[s] = -128 * sum;
-  d[s] = LoadFp16(blk);  // every 32-element format stores d first
-  off[s] = Fmt::kOffsetFactor * LoadFp16(blk + Fmt::kOffsetField);
-}
+struct GgufBlocks {
+  template <typename Fn>
+  static void ForEach(const uint8_t* row, int64_t k0, int64_t n_blocks, Fn&& fn) {
+    for (int64_t k = k0; k < n_blocks; ++k) {
+      const uint8_t* b = row + k * Fmt::kBytes;
+      // Every 32-element format stores d first.
+      fn(k, Fmt::Codes(b), LoadFp16(b), LoadFp16(b + Fmt::kOffsetField));
+    }
+  }
+  template <typename Fn>
+  static void ForEach(const uint8_t* row, int64_t n_blocks, Fn&& fn) {
+    ForEach(row, 0, n_blocks, fn);
+  }
+};
 
-// The blocks of one weight row in chain-major order (gemm_kernels.h), like the panels. The
-// weights are read in storage order (a sequential stream from memory); the scattered writes
-// stay in the thread's cached buffer.
 template <typename Fmt>
+struct InterleavedBlocks {
+  template <typename Fn>
+  static void ForEach(const uint8_t* row, int64_t n_blocks, Fn&& fn) {
+    constexpr int64_t kGroupBytes = 8 * Fmt::kBytes;
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const int64_t n_groups = n_blocks / 8;
+    for (int64_t g = 0; g < n_groups; ++g) {
+      const uint8_t* grp = row + g * kGroupBytes;
+      // Block j: chunk j / 4, bytes 32 (j mod 2) on, high nibbles for j mod 4 >= 2; the fp16
+      // field f (d = 0, m = 1) of block j at 128 + 16 f + 2 j.
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const __m256i v = Load256(grp + 64 * (j / 4) + 32 * (j % 2));
+        const __m256i codes = _mm256_and_si256((j & 2) != 0 ? _mm256_srli_epi16(v, 4) : v, low);
+        fn(8 * g + j, codes, LoadFp16(grp + 128 + 2 * j),
+           LoadFp16(grp + 128 + 8 * Fmt::kOffsetField + 2 * j));
+      }
+    }
+    GgufBlocks<Fmt>::ForEach(row, 8 * n_groups, n_blocks, fn);
+  }
+};
+
+// The blocks of one weight row (read through Blocks) in chain-major order (gemm_kernels.h),
+// like the panels. The weights are read in storage order (a sequential stream from memory);
+// the scattered writes stay in the thread's cached buffer.
+template <typename Fmt, typename Blocks = GgufBlocks<Fmt>>
 void DecodeRow(const uint8_t* w, int64_t n_blocks, uint8_t* out) {
+  static_assert(Fmt::kCodeBias == 0, "the GEMM multiplies the codes as they are");
   auto* bias = reinterpret_cast<int32_t*>(out + 32 * n_blocks);
   auto* d = reinterpret_cast<float*>(out + 36 * n_blocks);
   auto* off = reinterpret_cast<float*>(out + 40 * n_blocks);
   int64_t start[kSumChains];
   for (int c = 0; c < kSumChains; ++c) start[c] = ChainStart(c, n_blocks);
-  for (int64_t k = 0; k < n_blocks; ++k) {
-    DecodeBlock<Fmt>(w + k * Fmt::kBytes, start[k % kSumChains] + k / kSumChains, out, bias, d,
-                     off);
-  }
+  Blocks::ForEach(w, n_blocks, [&](int64_t k, __m256i codes, float dk, float field) {
+    const int64_t s = start[k % kSumChains] + k / kSumChains;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 32 * s), codes);
+    // Sum of the codes: vpsadbw against zero sums unsigned bytes; signed codes are biased.
+    const __m256i u = Fmt::kSignedCodes
+                          ? _mm256_xor_si256(codes, _mm256_set1_epi8(static_cast<char>(0x80)))
+                          : codes;
+    const __m256i sad = _mm256_sad_epu8(u, _mm256_setzero_si256());
+    const __m128i s2 =
+        _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
+    int32_t sum = static_cast<int32_t>(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1));
+    if (Fmt::kSignedCodes) sum -= 32 * 128;
+    bias[s] = -128 * sum;
+    d[s] = dk;
+    off[s] = Fmt::kOffsetFactor * field;
+  });
 }
 
 // out[i] = CombineChains over the eight chain sums chains[c * n + i] (c = 0..7), i < n, a whole
@@ -207,12 +244,12 @@ struct Block32Layout {
   static constexpr int64_t kPanelBlockBytes = kGemmPanelBlockBytes;
 };
 
-template <typename Fmt, int MR>
+template <typename Fmt, int MR, typename Blocks = GgufBlocks<Fmt>>
 void DecodeGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, uint8_t* dec,
                  DecodedRow* rows) {
   const int64_t dec_bytes = DecodedRowBytes(n_blocks);
   for (int i = 0; i < MR; ++i) {
-    if (i < mr) DecodeRow<Fmt>(w + i * w_stride, n_blocks, dec + i * dec_bytes);
+    if (i < mr) DecodeRow<Fmt, Blocks>(w + i * w_stride, n_blocks, dec + i * dec_bytes);
     rows[i] = ViewDecodedRow(dec + i * dec_bytes, n_blocks);
   }
 }

@@ -156,8 +156,8 @@ struct ProductPlan {
   float* y;
   RowDotFn dot;
   GemmRowsFn gemm;    // nullptr: the row-dot path
-  // The kernels read GGUF rows but w is interleaved: they run on deinterleaved copies of each
-  // tile of rows (the tiled path, and the row-dot path below AVX-512 VNNI).
+  // The kernels read GGUF rows but w is interleaved (below AVX-512 VNNI): they run on
+  // deinterleaved copies of each tile of rows.
   bool deinterleave;
   int64_t gguf_row_bytes;
   const uint8_t* act;  // x in the product's activation format
@@ -278,7 +278,11 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
     const int64_t min_batch = format == ActFormat::kBlock256 ? options.kquant_gemm_min_batch
                                                               : options.gemm_min_batch;
     p.gemm = n_batch >= min_batch ? FindGemmRows(w.type, options.isa) : nullptr;
-    p.deinterleave = interleaved && (p.gemm != nullptr || !vnni);
+    if (interleaved && vnni && p.gemm != nullptr) {
+      p.gemm = options.isa == CpuIsa::kAmx ? AmxInterleavedGemmRows(w.type)
+                                           : Avx512VnniInterleavedGemmRows(w.type);
+    }
+    p.deinterleave = interleaved && !vnni;
     p.gguf_row_bytes = *RowBytes(*traits, cols);
     p.act_stride = ActRowBytes(format, cols);
     p.act = reinterpret_cast<const uint8_t*>(x);
