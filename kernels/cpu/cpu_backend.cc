@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <new>
 
 #include "absl/strings/str_cat.h"
@@ -232,11 +235,36 @@ bool SameRope(const RopeParams& a, const RopeParams& b) {
 
 }  // namespace
 
+namespace {
+
+// Whether this CPU's kernels read the interleaved layout (AVX-512 VNNI's row-dot and tiled
+// kernels, AMX's tiles), unless TESSERA_CPU_INTERLEAVE=0 says to keep weights in the mmap.
+bool InterleaveWanted(bool requested) {
+  const CpuIsa isa = DetectCpuIsa();
+  if (!requested || (isa != CpuIsa::kAvx512Vnni && isa != CpuIsa::kAmx)) return false;
+  const char* env = std::getenv("TESSERA_CPU_INTERLEAVE");
+  if (env == nullptr || std::strcmp(env, "1") == 0) return true;
+  if (std::strcmp(env, "0") == 0) return false;
+  static std::once_flag warned;
+  std::call_once(warned, [env] {
+    std::fprintf(stderr,
+                 "warning: TESSERA_CPU_INTERLEAVE=%s is not 0 or 1; Q4_0/Q4_1 weights are "
+                 "interleaved (the default)\n",
+                 env);
+  });
+  return true;
+}
+
+}  // namespace
+
 CpuBackend::CpuBackend(int n_threads, bool exact_matmul, bool interleave)
-    : pool_(std::max(1, n_threads)), exact_matmul_(exact_matmul), interleave_(interleave) {}
+    : pool_(std::max(1, n_threads)),
+      exact_matmul_(exact_matmul),
+      interleave_(InterleaveWanted(interleave)) {}
 
 std::string CpuBackend::name() const {
-  return absl::StrCat("cpu (", std::string(CpuIsaName(DetectCpuIsa())), ", ", pool_.size(), " threads)");
+  return absl::StrCat("cpu (", std::string(CpuIsaName(DetectCpuIsa())), ", ", pool_.size(),
+                      " threads", interleave_ ? ", Q4_0/Q4_1 interleaved" : "", ")");
 }
 
 absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::LoadWeight(const QuantMatrix& host) {
@@ -252,10 +280,8 @@ absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::LoadWeight(const QuantMatrix
                                                    host.rows, " cols=", host.cols,
                                                    " row_bytes=", host.row_bytes));
   }
-  const CpuIsa isa = DetectCpuIsa();
   if (interleave_ && host.layout == WeightLayout::kGguf && InterleaveSupported(host.type) &&
-      host.cols >= kInterleaveBlocks * traits->block_elems &&
-      (isa == CpuIsa::kAvx512Vnni || isa == CpuIsa::kAmx)) {
+      host.cols >= kInterleaveBlocks * traits->block_elems) {
     TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<HostWeight> w,
                              HostWeight::Interleaved(host, *row_bytes, &pool_));
     return std::unique_ptr<Weight>(std::move(w));

@@ -25,7 +25,8 @@ class CpuBackend final : public Backend {
   // fused 8-bit kernels. Slow; for tests that check the rest of the forward pass tightly
   // against a float64 reference without the activation-quantization noise.
   // interleave: store Q4_0 / Q4_1 weights interleaved where this CPU's kernels read that layout
-  // faster (AVX-512 VNNI); false keeps every weight in place (no copy).
+  // faster (AVX-512 VNNI); false, or TESSERA_CPU_INTERLEAVE=0 in the environment, keeps every
+  // weight in place (no copy: the mmap's pages can be shared between processes).
   explicit CpuBackend(int n_threads, bool exact_matmul = false, bool interleave = true);
   std::string name() const override;
   int n_threads() const { return pool_.size(); }

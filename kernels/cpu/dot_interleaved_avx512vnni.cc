@@ -100,11 +100,42 @@ void RowDotInterleaved(const uint8_t* w, int64_t n_blocks, const uint8_t* act,
     }
     AddBlockTerms<F, NA>(dot, dw, field, da, ds, bias, acc);
   }
-  // The last n_blocks mod 8 blocks are GGUF blocks.
+  // The tail: r < 8 blocks, nibbles at 16 j, then d[r] (and m[r]). Lanes r..7 get scales 0
+  // (masked loads) and codes 0, so their terms are +0 and leave those chains unchanged; the
+  // masked activation loads read nothing past the row's r blocks.
   const int64_t i = n_groups * kInterleaveBlocks;
-  if (i < n_blocks) {
-    Block32Step<F, NA, false>(w + n_groups * I::kGroupBytes, static_cast<int>(n_blocks - i), a,
-                              i, acc);
+  if (const int r = static_cast<int>(n_blocks - i); r > 0) {
+    const uint8_t* tail = w + n_groups * I::kGroupBytes;
+    const __mmask8 lanes = static_cast<__mmask8>((1u << r) - 1);
+    const __m256 dw = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(lanes, tail + 16 * r));
+    __m256 field = dw;
+    if constexpr (I::kFieldOffset != 128) {
+      field = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(lanes, tail + 18 * r));
+    }
+    // Blocks 2k and 2k + 1 as one 512-bit operand (zeros past r).
+    __m512i codes[4];
+    __mmask64 act_mask[4];
+    for (int k = 0; k < 4; ++k) {
+      const __m256i lo = 2 * k < r ? NibblesVnni(tail + 32 * k) : _mm256_setzero_si256();
+      const __m256i hi = 2 * k + 1 < r ? NibblesVnni(tail + 32 * k + 16) : _mm256_setzero_si256();
+      codes[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+      act_mask[k] = 2 * k + 1 < r ? ~__mmask64{0} : 2 * k < r ? __mmask64{0xFFFFFFFF} : 0;
+    }
+    __m256i dot[NA];
+    __m256 da[NA], ds[NA];
+    const __m256i bias[NA] = {};
+    for (int b = 0; b < NA; ++b) {
+      const int8_t* q = a[b].qs + 32 * i;
+      __m512i p[4];
+      for (int k = 0; k < 4; ++k) {
+        p[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes[k],
+                                   _mm512_maskz_loadu_epi8(act_mask[k], q + 64 * k));
+      }
+      dot[b] = SumBlockLanes(p[0], p[1], p[2], p[3]);
+      da[b] = _mm256_maskz_loadu_ps(lanes, a[b].d + i);
+      ds[b] = _mm256_maskz_loadu_ps(lanes, a[b].ds + i);
+    }
+    AddBlockTerms<F, NA>(dot, dw, field, da, ds, bias, acc);
   }
   for (int b = 0; b < NA; ++b) y[b * y_stride] = HorizontalSum(acc[b]);
 }

@@ -50,20 +50,16 @@ inline DecodedRow ViewDecodedRow(const uint8_t* p, int64_t n_blocks) {
 // calls fn(k, codes, d, field) for k = 0 .. n_blocks - 1 in order, with block k's 32 codes
 // (bytes, element order), its d and its offset field (the fp16 at Fmt::kOffsetField) as
 // floats. GgufBlocks reads the GGUF layout; InterleavedBlocks the interleaved one
-// (kernels/quant/interleave.h: groups of eight blocks, the last n_blocks mod 8 GGUF blocks).
+// (kernels/quant/interleave.h: groups of eight blocks, then the tail's r < 8).
 template <typename Fmt>
 struct GgufBlocks {
   template <typename Fn>
-  static void ForEach(const uint8_t* row, int64_t k0, int64_t n_blocks, Fn&& fn) {
-    for (int64_t k = k0; k < n_blocks; ++k) {
+  static void ForEach(const uint8_t* row, int64_t n_blocks, Fn&& fn) {
+    for (int64_t k = 0; k < n_blocks; ++k) {
       const uint8_t* b = row + k * Fmt::kBytes;
       // Every 32-element format stores d first.
       fn(k, Fmt::Codes(b), LoadFp16(b), LoadFp16(b + Fmt::kOffsetField));
     }
-  }
-  template <typename Fn>
-  static void ForEach(const uint8_t* row, int64_t n_blocks, Fn&& fn) {
-    ForEach(row, 0, n_blocks, fn);
   }
 };
 
@@ -86,7 +82,14 @@ struct InterleavedBlocks {
            LoadFp16(grp + 128 + 8 * Fmt::kOffsetField + 2 * j));
       }
     }
-    GgufBlocks<Fmt>::ForEach(row, 8 * n_groups, n_blocks, fn);
+    // The tail: r < 8 blocks, nibbles at 16 j, then d[r] and the offset field's r values.
+    const int64_t k0 = 8 * n_groups;
+    const int r = static_cast<int>(n_blocks - k0);
+    const uint8_t* tail = row + n_groups * kGroupBytes;
+    for (int j = 0; j < r; ++j) {
+      fn(k0 + j, Nibbles32(tail + 16 * j), LoadFp16(tail + 16 * r + 2 * j),
+         LoadFp16(tail + 16 * r + r * Fmt::kOffsetField + 2 * j));
+    }
   }
 };
 

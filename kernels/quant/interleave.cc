@@ -53,6 +53,25 @@ void DeinterleaveGroup(const uint8_t* group, int block_bytes, int scale_bytes, u
   }
 }
 
+// The tail's r < 8 blocks <-> their interleaved form (nibbles at 16 j, then the fields).
+void InterleaveTail(const uint8_t* blocks, int r, int block_bytes, int scale_bytes,
+                    uint8_t* tail) {
+  for (int j = 0; j < r; ++j) {
+    const uint8_t* b = blocks + j * block_bytes;
+    std::memcpy(tail + 16 * j, b + scale_bytes, 16);
+    for (int f = 0; f < scale_bytes / 2; ++f) std::memcpy(tail + 16 * r + 2 * (f * r + j), b + 2 * f, 2);
+  }
+}
+
+void DeinterleaveTail(const uint8_t* tail, int r, int block_bytes, int scale_bytes,
+                      uint8_t* blocks) {
+  for (int j = 0; j < r; ++j) {
+    uint8_t* b = blocks + j * block_bytes;
+    std::memcpy(b + scale_bytes, tail + 16 * j, 16);
+    for (int f = 0; f < scale_bytes / 2; ++f) std::memcpy(b + 2 * f, tail + 16 * r + 2 * (f * r + j), 2);
+  }
+}
+
 template <bool kToInterleaved>
 void ConvertRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* dst) {
   const int block_bytes = static_cast<int>(FindQuantTraits(type)->block_bytes);
@@ -67,7 +86,12 @@ void ConvertRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* ds
     }
   }
   const int64_t done = n_groups * group_bytes;
-  std::memcpy(dst + done, src + done, static_cast<size_t>(n_blocks * block_bytes - done));
+  const int r = static_cast<int>(n_blocks - n_groups * kInterleaveBlocks);
+  if constexpr (kToInterleaved) {
+    InterleaveTail(src + done, r, block_bytes, scale_bytes, dst + done);
+  } else {
+    DeinterleaveTail(src + done, r, block_bytes, scale_bytes, dst + done);
+  }
 }
 
 }  // namespace

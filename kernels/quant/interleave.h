@@ -15,9 +15,17 @@
 // so one 512-bit load and two masks give four blocks' codes in element order, each pair of
 // blocks lined up with 64 contiguous bytes of the quantized activations, and the scales load
 // as one vector. A group is exactly the bytes of its eight blocks (144 for Q4_0, 160 for
-// Q4_1). The last n_blocks mod 8 blocks of a row stay GGUF blocks, as stored. Nothing is
-// rounded or reordered within a block, so the kernels compute the same integer block dots and
-// the same canonical sums (kernels/cpu/dot_kernels.h) from either layout, bit for bit.
+// Q4_1). The last r = n_blocks mod 8 blocks of a row (the tail) keep their nibble bytes but
+// gather their scales the same way:
+//
+//   qs[16 r]       block j's 16 bytes of nibbles (GGUF order) at 16 j
+//   d[r]           fp16, block order
+//   m[r]           (Q4_1 only)
+//
+// so the tail too loads its scales as one (masked) vector instead of r scattered ones; r
+// blocks' bytes. Nothing is rounded or reordered within a block, so the kernels compute the
+// same integer block dots and the same canonical sums (kernels/cpu/dot_kernels.h) from either
+// layout, bit for bit.
 #ifndef TESSERA_KERNELS_QUANT_INTERLEAVE_H_
 #define TESSERA_KERNELS_QUANT_INTERLEAVE_H_
 

@@ -28,7 +28,7 @@ namespace tessera {
 namespace {
 
 constexpr GgmlType kTypes[] = {GgmlType::kQ4_0, GgmlType::kQ4_1};
-constexpr int64_t kBlockCounts[] = {1, 7, 8, 9, 16, 18, 67};
+constexpr int64_t kBlockCounts[] = {1, 7, 8, 9, 12, 13, 16, 18, 22, 67};  // tails r = 0..7
 constexpr int64_t kNoGemm = std::numeric_limits<int64_t>::max();
 
 // Rows quantized by the reference quantizer, of different magnitudes.
@@ -64,7 +64,7 @@ TEST(InterleaveTest, GroupsFollowTheDocumentedLayout) {
   for (GgmlType type : kTypes) {
     const QuantTraits& t = *FindQuantTraits(type);
     const int scale_bytes = type == GgmlType::kQ4_1 ? 4 : 2;
-    // Random bytes: every nibble and scale value distinct enough to catch any misplacement.
+    // Random bytes: every nibble and scale distinct enough to catch any misplacement.
     std::mt19937 rng(7);
     std::vector<uint8_t> gguf(static_cast<size_t>(9 * t.block_bytes));
     for (uint8_t& b : gguf) b = static_cast<uint8_t>(rng());
@@ -86,8 +86,32 @@ TEST(InterleaveTest, GroupsFollowTheDocumentedLayout) {
         EXPECT_EQ(0, std::memcmp(&il[144 + 2 * j], block(j) + 2, 2)) << "m of block " << j;
       }
     }
-    // The ninth block (the tail) stays a GGUF block.
-    EXPECT_EQ(0, std::memcmp(&il[8 * t.block_bytes], block(8), t.block_bytes)) << t.name;
+    // The tail (block 8, r = 1): its nibbles, then its d (and m).
+    const uint8_t* tail = &il[8 * t.block_bytes];
+    EXPECT_EQ(0, std::memcmp(tail, block(8) + scale_bytes, 16)) << t.name;
+    EXPECT_EQ(0, std::memcmp(tail + 16, block(8), scale_bytes)) << t.name;
+  }
+}
+
+TEST(InterleaveTest, TailKeepsNibblesAndGathersTheScales) {
+  for (GgmlType type : kTypes) {
+    const QuantTraits& t = *FindQuantTraits(type);
+    const int scale_bytes = type == GgmlType::kQ4_1 ? 4 : 2;
+    constexpr int r = 5;  // a row of 8 + 5 blocks
+    std::mt19937 rng(8);
+    std::vector<uint8_t> gguf(static_cast<size_t>((8 + r) * t.block_bytes));
+    for (uint8_t& b : gguf) b = static_cast<uint8_t>(rng());
+    std::vector<uint8_t> il(gguf.size());
+    InterleaveRow(type, gguf.data(), 8 + r, il.data());
+    const uint8_t* tail = &il[8 * t.block_bytes];
+    for (int j = 0; j < r; ++j) {
+      const uint8_t* b = &gguf[(8 + j) * t.block_bytes];
+      EXPECT_EQ(0, std::memcmp(tail + 16 * j, b + scale_bytes, 16)) << t.name << " " << j;
+      EXPECT_EQ(0, std::memcmp(tail + 16 * r + 2 * j, b, 2)) << t.name << " d " << j;
+      if (type == GgmlType::kQ4_1) {
+        EXPECT_EQ(0, std::memcmp(tail + 18 * r + 2 * j, b + 2, 2)) << "m " << j;
+      }
+    }
   }
 }
 
