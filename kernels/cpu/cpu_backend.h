@@ -9,6 +9,7 @@
 #ifndef TESSERA_KERNELS_CPU_CPU_BACKEND_H_
 #define TESSERA_KERNELS_CPU_CPU_BACKEND_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -61,6 +62,12 @@ class CpuBackend final : public Backend {
   }
 
   absl::Status ExactMatMul(const QuantMatrix& w, const float* x, int64_t n_tokens, float* y);
+
+  // fn(begin, end) over shares of [0, n) on the pool's threads (bounds multiples of granule),
+  // or fn(0, n) on the caller when n < min_parallel: element-wise work, each element computed
+  // the same way whatever the split, so results do not depend on it.
+  void ParallelFor(int64_t n, int64_t granule, int64_t min_parallel,
+                   const std::function<void(int64_t, int64_t)>& fn);
 
   ThreadPool pool_;
   const bool exact_matmul_;
