@@ -7,6 +7,8 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "absl/strings/str_cat.h"
+
 namespace tessera::test {
 namespace {
 
@@ -172,7 +174,7 @@ GgufWriter TinyLlamaWriter() {
       .Add("llama.rope.freq_base", TestValue::F32(500000.0f))
       .Add("llama.attention.layer_norm_rms_epsilon", TestValue::F32(1e-6f));
   std::vector<TestValue> tokens;
-  for (uint64_t i = 0; i < kVocab; ++i) tokens.push_back(TestValue::Str("t" + std::to_string(i)));
+  for (uint64_t i = 0; i < kVocab; ++i) tokens.push_back(TestValue::Str(absl::StrCat("t", i)));
   w.Add("tokenizer.ggml.tokens", TestValue::Array(kTString, std::move(tokens)));
   w.AddTensor("token_embd.weight", kQ8_0, {kEmbd, kVocab});
   w.AddTensor("output_norm.weight", kF32, {kEmbd});
