@@ -68,21 +68,32 @@ inline void HalfSums(__m256i v, int32_t* lo, int32_t* hi) {
   *hi = static_cast<int32_t>(_mm_cvtsi128_si64(b) + _mm_extract_epi64(b, 1));
 }
 
-// One Q4_K super-block the way DecodeKGroup lays it out, with AVX2 instead of the portable
-// decoder (the same codes, scales, mins and correction; Q4_K is most of a Q4_K_M model).
-// Element 64 p + l is the low nibble of qs[32 p + l], element 64 p + 32 + l its high nibble
-// (l < 32); 32-element sub-block j has scale and min j (ScaleMinK4), repeated for both of its
-// 16-element halves.
-inline void DecodeQ4KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int32_t* mpairs,
-                           int32_t* bias, float* d, float* dmin) {
-  const uint8_t* scales = blk + 4;  // after d, dmin (kquants.h BlockQ4_K)
-  const uint8_t* qs = blk + 16;
-  const __m256i nibble = _mm256_set1_epi8(0x0F);
+// One Q4_K or Q5_K super-block the way DecodeKGroup lays it out, with AVX2 instead of the
+// portable decoder (the same codes, scales, mins and correction; Q4_K is most of a Q4_K_M
+// model, Q5_K of a Q5_K_M one). Element 64 p + l is the low nibble of qs[32 p + l], element
+// 64 p + 32 + l its high nibble (l < 32); Q5_K adds bit 2 p (2 p + 1) of qh[l] as their bit 4.
+// 32-element sub-block j has scale and min j (ScaleMinK4), repeated for both 16-element halves.
+template <bool kFiveBits>
+inline void DecodeQ45KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int32_t* mpairs,
+                            int32_t* bias, float* d, float* dmin) {
+  const uint8_t* scales = blk + 4;  // after d, dmin (kquants.h BlockQ4_K, BlockQ5_K)
+  const uint8_t* qs = blk + (kFiveBits ? 48 : 16);
+  const __m256i nibble = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+  __m256i qh = _mm256_setzero_si256();
+  if constexpr (kFiveBits) qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16));
   int32_t correction = 0;
   for (int p = 0; p < 4; ++p) {
     const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * p));
-    const __m256i half[2] = {_mm256_and_si256(q, nibble),
-                             _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble)};
+    __m256i half[2] = {_mm256_and_si256(q, nibble),
+                       _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble)};
+    if constexpr (kFiveBits) {
+      // Bit k of each qh byte: a 16-bit shift by k then a byte mask (bits shifted in from the
+      // neighbouring byte land above bit 0 and are masked off).
+      for (int e = 0; e < 2; ++e) {
+        const __m256i bit = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * p + e), one);
+        half[e] = _mm256_or_si256(half[e], _mm256_slli_epi16(bit, 4));
+      }
+    }
     for (int e = 0; e < 2; ++e) {
       const int j = 2 * p + e;  // 32-element sub-block
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 32 * j), half[e]);
@@ -159,9 +170,10 @@ void DecodeKGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, 
     auto* dmin = reinterpret_cast<float*>(out + 360 * n_blocks);
     for (int64_t b = 0; b < n_blocks; ++b) {
       const int64_t s = ChainSlot(b, n_blocks);
-      if constexpr (kType == GgmlType::kQ4_K) {
-        DecodeQ4KBlock(w + r * w_stride + b * block_bytes, out + 256 * s, sc + 16 * s,
-                       mpairs + 8 * s, bias + s, d + s, dmin + s);
+      if constexpr (kType == GgmlType::kQ4_K || kType == GgmlType::kQ5_K) {
+        DecodeQ45KBlock<kType == GgmlType::kQ5_K>(w + r * w_stride + b * block_bytes,
+                                                  out + 256 * s, sc + 16 * s, mpairs + 8 * s,
+                                                  bias + s, d + s, dmin + s);
         continue;
       }
       if constexpr (kType == GgmlType::kQ6_K) {

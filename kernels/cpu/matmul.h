@@ -61,9 +61,10 @@ inline constexpr int64_t kDefaultGemmMinBatch = 12;
 
 // The same for the k-quants' tiled kernels, whose weight decoding costs more per row: 2-core
 // Xeon VM, 2 threads, 8192 x 2048 (kernel_bench --ab_reps, 2026-11-23), tiled / row-dot speed:
-// AVX-512 VNNI with the SIMD decoders of Q4_K and Q6_K: Q4_K 1.03x at 16, 1.62x at 32, 2.50x
-// at 128; Q6_K 0.92x, 1.78x, 2.53x (with the portable decoder, which Q2_K, Q3_K and Q5_K still
-// use: Q4_K 0.88x, 1.52x, 2.35x; Q6_K 0.65x, 1.17x, 2.06x). AVX2 (--isa avx2, portable decoder,
+// AVX-512 VNNI with the SIMD decoders of Q4_K, Q5_K and Q6_K: Q4_K 1.03x at 16, 1.62x at 32,
+// 2.50x at 128; Q5_K 0.95x, 1.68x, 2.48x; Q6_K 0.92x, 1.78x, 2.53x (with the portable decoder,
+// which Q2_K and Q3_K still use: Q4_K 0.88x, 1.52x, 2.35x; Q5_K -, 1.32x, 2.26x; Q6_K 0.65x,
+// 1.17x, 2.06x). AVX2 (--isa avx2, portable decoder,
 // measured while a build ran): Q4_K 0.93x, 1.26x, 1.42x; Q6_K 0.93x, 1.08x, 1.40x.
 inline constexpr int64_t kDefaultKQuantGemmMinBatch = 32;
 
