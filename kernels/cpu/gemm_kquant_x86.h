@@ -26,6 +26,7 @@
 #include "kernels/cpu/gemm_kernels.h"
 #include "kernels/cpu/gemm_x86.h"
 #include "kernels/cpu/kquant_decode.h"
+#include "kernels/cpu/kquants_x86.h"
 #include "kernels/cpu/simd_x86.h"
 
 namespace tessera {
@@ -111,6 +112,54 @@ inline void DecodeQ45KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int
   *dmin = LoadFp16(blk + 2);
 }
 
+// The same for Q2_K and Q3_K (kquant_decode.cc's DecodeQ2_K / DecodeQ3_K): per 128-element
+// half h, bits 2s..2s+1 of qs[32 h + l] are element 128 h + 32 s + l (l < 32); Q3_K adds bit
+// 4 h + s of hmask[l], a clear bit meaning minus 4. Sub-blocks of 16: Q2_K's scales[j] = sc |
+// m << 4; Q3_K's 6-bit scales (offset 32) as ScalesQ3_K unpacks them, no mins.
+template <bool kThreeBits>
+inline void DecodeQ23KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int32_t* mpairs,
+                            int32_t* bias, float* d, float* dmin) {
+  const uint8_t* qs = blk + (kThreeBits ? 32 : 16);  // BlockQ3_K: hmask first; Q2_K: scales
+  const __m256i two_bits = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+  __m256i hmask = _mm256_setzero_si256();
+  if constexpr (kThreeBits) hmask = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk));
+  alignas(16) int8_t scales[16];
+  if constexpr (kThreeBits) {
+    _mm_store_si128(reinterpret_cast<__m128i*>(scales), ScalesQ3_K(blk + 96));
+  }
+  int32_t correction = 0;
+  for (int h = 0; h < 2; ++h) {
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * h));
+    for (int k = 0; k < 4; ++k) {
+      // 16-bit shifts then byte masks: bits shifted in from the neighbouring byte are masked.
+      __m256i u = _mm256_and_si256(_mm256_srli_epi16(q, 2 * k), two_bits);  // 0..3
+      if constexpr (kThreeBits) {
+        const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hmask, 4 * h + k), one);
+        u = _mm256_or_si256(u, _mm256_slli_epi16(hb, 2));  // code + 4, 0..7
+      }
+      const __m256i c = kThreeBits ? _mm256_sub_epi8(u, _mm256_set1_epi8(4)) : u;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 128 * h + 32 * k), c);
+      int32_t lo = 0, hi = 0;
+      HalfSums(u, &lo, &hi);
+      if constexpr (kThreeBits) {
+        lo -= 4 * 16;
+        hi -= 4 * 16;
+      }
+      const int j = 8 * h + 2 * k;  // 16-element sub-blocks j, j + 1
+      for (int e = 0; e < 2; ++e) {
+        sc[j + e] = kThreeBits ? scales[j + e] : blk[j + e] & 0xF;
+      }
+      correction += sc[j] * lo + sc[j + 1] * hi;
+    }
+  }
+  for (int i = 0; i < 8; ++i) {
+    mpairs[i] = kThreeBits ? 0 : (blk[2 * i] >> 4) | (blk[2 * i + 1] >> 4) << 16;
+  }
+  *bias = -128 * correction;
+  *d = LoadFp16(blk + (kThreeBits ? 108 : 80));
+  *dmin = kThreeBits ? 0.0f : LoadFp16(blk + 82);
+}
+
 // The same for Q6_K (kquant_decode.cc's DecodeQ6_K): per 128-element half h and l < 32, the
 // low nibbles of ql[64 h + l] and ql[64 h + 32 + l] are elements 128 h + l and + 32, their high
 // nibbles + 64 and + 96, with bits 0-1, 2-3, 4-5, 6-7 of qh[32 h + l] on top; codes - 32;
@@ -172,6 +221,12 @@ void DecodeKGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, 
       const int64_t s = ChainSlot(b, n_blocks);
       if constexpr (kType == GgmlType::kQ4_K || kType == GgmlType::kQ5_K) {
         DecodeQ45KBlock<kType == GgmlType::kQ5_K>(w + r * w_stride + b * block_bytes,
+                                                  out + 256 * s, sc + 16 * s, mpairs + 8 * s,
+                                                  bias + s, d + s, dmin + s);
+        continue;
+      }
+      if constexpr (kType == GgmlType::kQ2_K || kType == GgmlType::kQ3_K) {
+        DecodeQ23KBlock<kType == GgmlType::kQ3_K>(w + r * w_stride + b * block_bytes,
                                                   out + 256 * s, sc + 16 * s, mpairs + 8 * s,
                                                   bias + s, d + s, dmin + s);
         continue;

@@ -275,8 +275,12 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
     p.dot = interleaved && vnni ? Avx512VnniInterleavedRowDot(w.type)
                                 : FindRowDot(w.type, options.isa);
     const ActFormat format = ActFormatFor(w.type);
-    const int64_t min_batch = format == ActFormat::kBlock256 ? options.kquant_gemm_min_batch
-                                                              : options.gemm_min_batch;
+    int64_t min_batch = options.gemm_min_batch;
+    if (format == ActFormat::kBlock256) {
+      min_batch = options.kquant_gemm_min_batch > 0 ? options.kquant_gemm_min_batch
+                  : vnni                            ? kDefaultKQuantGemmMinBatch
+                                                    : kDefaultKQuantGemmMinBatchAvx2;
+    }
     p.gemm = n_batch >= min_batch ? FindGemmRows(w.type, options.isa) : nullptr;
     if (interleaved && vnni && p.gemm != nullptr) {
       p.gemm = options.isa == CpuIsa::kAmx ? AmxInterleavedGemmRows(w.type)

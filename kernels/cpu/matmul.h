@@ -59,19 +59,21 @@ struct MatMulScratch {
 // 0.81-0.87x at 8, 1.16-1.24x at 12.
 inline constexpr int64_t kDefaultGemmMinBatch = 12;
 
-// The same for the k-quants' tiled kernels, whose weight decoding costs more per row: 2-core
-// Xeon VM, 2 threads, 8192 x 2048 (kernel_bench --ab_reps, 2026-11-23), tiled / row-dot speed:
-// AVX-512 VNNI with the SIMD decoders of Q4_K, Q5_K and Q6_K: Q4_K 1.03x at 16, 1.62x at 32,
-// 2.50x at 128; Q5_K 0.95x, 1.68x, 2.48x; Q6_K 0.92x, 1.78x, 2.53x (with the portable decoder,
-// which Q2_K and Q3_K still use: Q4_K 0.88x, 1.52x, 2.35x; Q5_K -, 1.32x, 2.26x; Q6_K 0.65x,
-// 1.17x, 2.06x). AVX2 (--isa avx2, portable decoder,
-// measured while a build ran): Q4_K 0.93x, 1.26x, 1.42x; Q6_K 0.93x, 1.08x, 1.40x.
-inline constexpr int64_t kDefaultKQuantGemmMinBatch = 32;
+// The same for the k-quants' tiled kernels, whose weight decoding costs more per row; it
+// depends on the instruction set. 2-core Xeon VM, 2 threads, 8192 x 2048 (kernel_bench
+// --ab_reps, 2026-11-23), tiled / row-dot speed with the SIMD row decoders of every k-quant:
+// AVX-512 VNNI (AMX machine) Q2_K 1.23x at 16, 1.92x at 32, 2.32x at 128; Q3_K 1.02x, 1.96x,
+// 2.49x; Q4_K 1.03x, 1.62x, 2.50x; Q5_K 0.95x, 1.68x, 2.48x; Q6_K 0.92x, 1.78x, 2.53x; at 20:
+// Q4_K 0.99x, Q5_K 1.08x, Q6_K 1.19x; at 24: 1.29x, 1.31x, 1.38x. AVX2 (--isa avx2) at 20 /
+// 32: Q3_K 0.89x / 1.40x, Q4_K 0.77x / 1.21x, Q6_K 0.82x / 1.31x. (Before the SIMD decoders
+// of Q2_K / Q3_K / Q5_K, the portable one made their tiled path 0.45-0.88x at 16-32 rows.)
+inline constexpr int64_t kDefaultKQuantGemmMinBatch = 20;      // AVX-512 VNNI, AMX
+inline constexpr int64_t kDefaultKQuantGemmMinBatchAvx2 = 28;  // AVX2, AVX-512 without VNNI
 
 struct MatMulOptions {
   CpuIsa isa;  // defaults to DetectCpuIsa()
   int64_t gemm_min_batch = kDefaultGemmMinBatch;  // tests and benchmarks may move the switch
-  int64_t kquant_gemm_min_batch = kDefaultKQuantGemmMinBatch;
+  int64_t kquant_gemm_min_batch = 0;  // 0: the default above for `isa`
   MatMulOptions();
 };
 

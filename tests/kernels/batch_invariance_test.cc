@@ -1,9 +1,9 @@
 // Batch invariance of MatMulQ (kernels/cpu/dot_kernels.h, "Summation order"): the output of one
 // (weight row, activation row) pair is the same bits whatever else is in the call. For every
 // weight type and instruction set, odd block counts (1, 7, 9, 18, 67: on both sides of the
-// eight summation chains), batches of 1..20 and 33 rows (every row-dot group size, the tiled
-// path's threshold and partial 16-row panels), each activation row at changing positions, with
-// the tiled path on (default threshold, and from batch 1) and off, on 1, 2 and 3 threads: every
+// eight summation chains), batches of 1..20, 28 and 33 rows (every row-dot group size, the tiled
+// paths' thresholds and partial 16-row panels), each activation row at changing positions, with
+// the tiled path on (default thresholds, and from batch 1) and off, on 1, 2 and 3 threads: every
 // output row must equal the same activation row computed alone (batch 1, one thread).
 //
 // Also: the instruction sets agree with the scalar kernels bit for bit (the canonical order
@@ -72,13 +72,19 @@ std::vector<float> MakeActivations(int64_t n, int64_t cols, std::mt19937* rng) {
   return x;
 }
 
+// gemm_min_batch: where both tiled paths start; kDefaults leaves MatMulOptions' defaults (the
+// k-quants' then depends on the instruction set).
+constexpr int64_t kDefaults = 0;
+
 std::vector<float> RunMatMul(const QuantMatrix& w, const float* x, int64_t n_batch, int n_threads,
                              CpuIsa isa, int64_t gemm_min_batch) {
   std::vector<float> y(static_cast<size_t>(n_batch * w.rows), std::nanf(""));
   MatMulScratch scratch;
   MatMulOptions options;
   options.isa = isa;
-  options.gemm_min_batch = options.kquant_gemm_min_batch = gemm_min_batch;
+  if (gemm_min_batch != kDefaults) {
+    options.gemm_min_batch = options.kquant_gemm_min_batch = gemm_min_batch;
+  }
   const absl::Status st = MatMulQ(w, x, n_batch, y.data(), TestPool(n_threads), &scratch, options);
   EXPECT_TRUE(st.ok()) << st;
   return y;
@@ -109,6 +115,7 @@ TEST_P(BatchInvarianceTest, EveryRowEqualsTheRowAloneForAnyBatchPathAndThreads) 
       }
       std::vector<int64_t> batches;
       for (int64_t n = 1; n <= 20; ++n) batches.push_back(n);
+      batches.push_back(28);  // the k-quants' default switch on AVX2 (20 on AVX-512 VNNI)
       batches.push_back(kMaxBatch);
       for (int64_t n : batches) {
         // Rows start + 0 .. start + n - 1 (mod 33): each row lands at a different position in
@@ -120,7 +127,7 @@ TEST_P(BatchInvarianceTest, EveryRowEqualsTheRowAloneForAnyBatchPathAndThreads) 
           which[j] = (start + j) % kMaxBatch;
           std::memcpy(x.data() + j * cols, pool_x.data() + which[j] * cols, cols * sizeof(float));
         }
-        for (int64_t gemm_min_batch : {kDefaultGemmMinBatch, int64_t{1}, kNoGemm}) {
+        for (int64_t gemm_min_batch : {kDefaults, int64_t{1}, kNoGemm}) {
           for (int threads : {1, 2, 3}) {
             const std::vector<float> y = RunMatMul(w, x.data(), n, threads, isa, gemm_min_batch);
             for (int64_t j = 0; j < n; ++j) {
