@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes a synthetic GGUF of the Llama 3.2 1B shape with random Q4_0 weights.
+"""Writes a synthetic GGUF of the Llama 3.2 1B shape with random Q4_0 (or Q4_K_M) weights.
 
 Used by bench/peer so that Tessera and llama.cpp can be timed on the same file of a
 llama3-1B shape without downloading one: n_embd 2048, 16 layers, 32 heads, 8 KV heads,
@@ -10,9 +10,15 @@ Llama 3 special tokens, enough for llama.cpp and Tessera to load it. The weights
 valid Q4_0 blocks (random nibbles, fp16 scales of a real model's order of magnitude), so
 the output is nonsense but every byte is read exactly as with a real file.
 
+--quant Q4_K_M writes the tensor types llama.cpp's Q4_K_M recipe gives this shape (the rules
+restated in sharding/recipes.cc): Q4_K throughout, Q6_K for the tied token embedding (it is
+also the output) and for attn_v and ffn_down in the layers where use_more_bits(i, n) = i < n/8
+|| i >= 7n/8 || (i - n/8) % 3 == 2; the k-quant blocks are random bytes with fp16 scales set
+to a real model's order of magnitude.
+
 The file is cached: it is rewritten only when missing or written by another generator
 version. Prints the file's path as the last line.
-    bench/make_synthetic_gguf.py [--out PATH] [--layers N]
+    bench/make_synthetic_gguf.py [--out PATH] [--layers N] [--quant Q4_0|Q4_K_M]
 """
 import argparse
 import math
@@ -33,13 +39,16 @@ ROPE_BASE = 500000.0
 ROPE_FACTOR, ROPE_LOW, ROPE_HIGH, ROPE_ORIG_CTX = 32.0, 1.0, 4.0, 8192
 N_CTX = 131072
 Q4_0_BLOCK, Q4_0_BYTES = 32, 18  # elements and bytes per block: fp16 scale + 16 nibble bytes
+QK_K = 256  # elements per k-quant super-block
+Q4_K_BYTES = 144  # d, dmin (fp16), scales[12], qs[128]
+Q6_K_BYTES = 210  # ql[128], qh[64], scales[16] (int8), d (fp16)
 
 
-def default_path(layers: int) -> pathlib.Path:
+def default_path(layers: int, quant: str) -> pathlib.Path:
     base = pathlib.Path(os.environ.get("TESSERA_MODEL_DIR",
                                        pathlib.Path.home() / ".cache/tessera/models"))
     suffix = "" if layers == N_LAYERS else f"-{layers}layers"
-    return base / f"synthetic-llama3.2-1b{suffix}.Q4_0.gguf"
+    return base / f"synthetic-llama3.2-1b{suffix}.{quant}.gguf"
 
 
 def byte_chars() -> list:
@@ -120,6 +129,34 @@ def random_q4_0(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
     return data.reshape(rows, blocks * Q4_0_BYTES)
 
 
+def random_k(rng: np.random.Generator, rows: int, cols: int, block_bytes: int,
+             scale_offsets) -> np.ndarray:
+    """Random k-quant rows as bytes, shape (rows, cols / 256 * block_bytes): random codes and
+    sub-block scales, the fp16 super-block scales at scale_offsets set so that weights have a
+    real model's magnitude (std ~ 0.02)."""
+    blocks = cols // QK_K
+    data = np.frombuffer(rng.bytes(rows * blocks * block_bytes), dtype=np.uint8).copy()
+    data = data.reshape(rows, blocks, block_bytes)
+    for off, lo, hi in scale_offsets:
+        d = rng.uniform(lo, hi, size=(rows, blocks)).astype(np.float16)
+        data[:, :, off:off + 2] = d.view(np.uint8).reshape(rows, blocks, 2)
+    return data.reshape(rows, blocks * block_bytes)
+
+
+def random_q4_k(rng, rows, cols):
+    # w = d * sc * q - dmin * m with sc, m < 64 and q < 16.
+    return random_k(rng, rows, cols, Q4_K_BYTES, [(0, 5e-5, 1.5e-4), (2, 5e-5, 1.5e-4)])
+
+
+def random_q6_k(rng, rows, cols):
+    # w = d * sc * (q - 32) with sc an int8 and q < 64.
+    return random_k(rng, rows, cols, Q6_K_BYTES, [(208, 5e-6, 1.5e-5)])
+
+
+def use_more_bits(i: int, n: int) -> bool:
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
 def is_current(path: pathlib.Path) -> bool:
     try:
         field = gguf.GGUFReader(path).get_field(VERSION_KEY)
@@ -128,12 +165,12 @@ def is_current(path: pathlib.Path) -> bool:
         return False
 
 
-def write(path: pathlib.Path, layers: int, seed: int) -> None:
+def write(path: pathlib.Path, layers: int, seed: int, quant: str) -> None:
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     w = gguf.GGUFWriter(tmp, "llama")
-    w.add_name("synthetic llama3.2-1b shape (random Q4_0 weights)")
+    w.add_name(f"synthetic llama3.2-1b shape (random {quant} weights)")
     w.add_uint32(VERSION_KEY, GENERATOR_VERSION)
     w.add_block_count(layers)
     w.add_context_length(N_CTX)
@@ -147,7 +184,8 @@ def write(path: pathlib.Path, layers: int, seed: int) -> None:
     w.add_rope_freq_base(ROPE_BASE)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(N_VOCAB)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if quant == "Q4_0"
+                    else gguf.LlamaFileType.MOSTLY_Q4_K_M)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     tokens, types, merges, bos, eos = vocabulary()
@@ -160,23 +198,32 @@ def write(path: pathlib.Path, layers: int, seed: int) -> None:
     w.add_eos_token_id(eos)
     w.add_add_bos_token(True)
 
-    q4 = gguf.GGMLQuantizationType.Q4_0
+    Q = gguf.GGMLQuantizationType
+    if quant == "Q4_0":
+        def tensor(name, rows, cols, _more_bits=False):
+            w.add_tensor(name, random_q4_0(rng, rows, cols), raw_dtype=Q.Q4_0)
+    else:
+        def tensor(name, rows, cols, more_bits=False):
+            if more_bits:
+                w.add_tensor(name, random_q6_k(rng, rows, cols), raw_dtype=Q.Q6_K)
+            else:
+                w.add_tensor(name, random_q4_k(rng, rows, cols), raw_dtype=Q.Q4_K)
     ones = np.ones(N_EMBD, dtype=np.float32)
-    w.add_tensor("token_embd.weight", random_q4_0(rng, N_VOCAB, N_EMBD), raw_dtype=q4)
+    # Tied: the embedding is also the output, which the Q4_K_M recipe makes Q6_K.
+    tensor("token_embd.weight", N_VOCAB, N_EMBD, True)
     w.add_tensor("rope_freqs.weight", rope_freq_factors())
     for i in range(layers):
         p = f"blk.{i}."
+        more = use_more_bits(i, layers)
         w.add_tensor(p + "attn_norm.weight", ones)
-        w.add_tensor(p + "attn_q.weight", random_q4_0(rng, N_EMBD, N_EMBD), raw_dtype=q4)
-        w.add_tensor(p + "attn_k.weight", random_q4_0(rng, N_HEAD_KV * HEAD_DIM, N_EMBD),
-                     raw_dtype=q4)
-        w.add_tensor(p + "attn_v.weight", random_q4_0(rng, N_HEAD_KV * HEAD_DIM, N_EMBD),
-                     raw_dtype=q4)
-        w.add_tensor(p + "attn_output.weight", random_q4_0(rng, N_EMBD, N_EMBD), raw_dtype=q4)
+        tensor(p + "attn_q.weight", N_EMBD, N_EMBD)
+        tensor(p + "attn_k.weight", N_HEAD_KV * HEAD_DIM, N_EMBD)
+        tensor(p + "attn_v.weight", N_HEAD_KV * HEAD_DIM, N_EMBD, more)
+        tensor(p + "attn_output.weight", N_EMBD, N_EMBD)
         w.add_tensor(p + "ffn_norm.weight", ones)
-        w.add_tensor(p + "ffn_gate.weight", random_q4_0(rng, N_FF, N_EMBD), raw_dtype=q4)
-        w.add_tensor(p + "ffn_up.weight", random_q4_0(rng, N_FF, N_EMBD), raw_dtype=q4)
-        w.add_tensor(p + "ffn_down.weight", random_q4_0(rng, N_EMBD, N_FF), raw_dtype=q4)
+        tensor(p + "ffn_gate.weight", N_FF, N_EMBD)
+        tensor(p + "ffn_up.weight", N_FF, N_EMBD)
+        tensor(p + "ffn_down.weight", N_EMBD, N_FF, more)
     w.add_tensor("output_norm.weight", ones)
 
     w.write_header_to_file()
@@ -192,13 +239,15 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=N_LAYERS, help="number of layers (default 16)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--force", action="store_true", help="rewrite even if a current file exists")
+    ap.add_argument("--quant", choices=["Q4_0", "Q4_K_M"], default="Q4_0",
+                    help="weight types (default Q4_0)")
     args = ap.parse_args()
     if not 1 <= args.layers <= N_LAYERS:
         ap.error(f"--layers must be in 1..{N_LAYERS}, got {args.layers}")
-    path = args.out or default_path(args.layers)
+    path = args.out or default_path(args.layers, args.quant)
     if args.force or not is_current(path):
         print(f"make_synthetic_gguf: writing {path} ...", file=sys.stderr)
-        write(path, args.layers, args.seed)
+        write(path, args.layers, args.seed, args.quant)
     print(path)
     return 0
 

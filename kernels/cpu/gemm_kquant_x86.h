@@ -69,6 +69,16 @@ inline void HalfSums(__m256i v, int32_t* lo, int32_t* hi) {
   *hi = static_cast<int32_t>(_mm_cvtsi128_si64(b) + _mm_extract_epi64(b, 1));
 }
 
+// sum_i u_i * s_i over 32 unsigned bytes u (< 128) with s_i byte j0 of scales_twice for bytes
+// 0..15 and byte j1 for bytes 16..31 (int8 scales, the same 16 in both 128-bit halves), as
+// int32 lanes; exact (a pair of products is at most 2 * 127 * 128 < 2^15).
+inline __m256i ScaledSums(__m256i u, __m256i scales_twice, int j0, int j1) {
+  const __m256i pick = _mm256_set_m128i(_mm_set1_epi8(static_cast<char>(j1)),
+                                        _mm_set1_epi8(static_cast<char>(j0)));
+  const __m256i sc = _mm256_shuffle_epi8(scales_twice, pick);
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, sc), _mm256_set1_epi16(1));
+}
+
 // One Q4_K or Q5_K super-block the way DecodeKGroup lays it out, with AVX2 instead of the
 // portable decoder (the same codes, scales, mins and correction; Q4_K is most of a Q4_K_M
 // model, Q5_K of a Q5_K_M one). Element 64 p + l is the low nibble of qs[32 p + l], element
@@ -77,12 +87,23 @@ inline void HalfSums(__m256i v, int32_t* lo, int32_t* hi) {
 template <bool kFiveBits>
 inline void DecodeQ45KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int32_t* mpairs,
                             int32_t* bias, float* d, float* dmin) {
-  const uint8_t* scales = blk + 4;  // after d, dmin (kquants.h BlockQ4_K, BlockQ5_K)
   const uint8_t* qs = blk + (kFiveBits ? 48 : 16);
   const __m256i nibble = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
   __m256i qh = _mm256_setzero_si256();
   if constexpr (kFiveBits) qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16));
-  int32_t correction = 0;
+  // The eight scales and mins at once (kquants_x86.h; scales after d, dmin): bytes 0..7 sc_j,
+  // 8..15 m_j. sc per 16-element half (sc_j twice), mpairs[j] = m_j | m_j << 16.
+  const __m128i scmin = ScalesMinsK4(blk + 4);
+  const __m128i sc_twice =
+      _mm_shuffle_epi8(scmin, _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(sc), _mm256_cvtepu8_epi32(sc_twice));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(sc + 8),
+                      _mm256_cvtepu8_epi32(_mm_srli_si128(sc_twice, 8)));
+  const __m128i m16 = _mm_cvtepu8_epi16(_mm_srli_si128(scmin, 8));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(mpairs),
+                      _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16)));
+  const __m256i sc8 = _mm256_broadcastsi128_si256(scmin);  // sc_j (< 64) at byte j
+  __m256i corr = _mm256_setzero_si256();  // lanes of sum_j sc_j * (sum of sub-block j's codes)
   for (int p = 0; p < 4; ++p) {
     const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * p));
     __m256i half[2] = {_mm256_and_si256(q, nibble),
@@ -98,16 +119,10 @@ inline void DecodeQ45KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int
     for (int e = 0; e < 2; ++e) {
       const int j = 2 * p + e;  // 32-element sub-block
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 32 * j), half[e]);
-      int32_t lo = 0, hi = 0;
-      HalfSums(half[e], &lo, &hi);
-      int32_t s = 0, m = 0;
-      ScaleMinK4(scales, j, &s, &m);
-      correction += s * (lo + hi);
-      sc[2 * j] = sc[2 * j + 1] = s;
-      mpairs[j] = static_cast<int32_t>(static_cast<uint32_t>(m) | (static_cast<uint32_t>(m) << 16));
+      corr = _mm256_add_epi32(corr, ScaledSums(half[e], sc8, j, j));
     }
   }
-  *bias = -128 * correction;
+  *bias = -128 * HorizontalSumI32(corr);
   *d = LoadFp16(blk);
   *dmin = LoadFp16(blk + 2);
 }
@@ -123,11 +138,18 @@ inline void DecodeQ23KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int
   const __m256i two_bits = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
   __m256i hmask = _mm256_setzero_si256();
   if constexpr (kThreeBits) hmask = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk));
-  alignas(16) int8_t scales[16];
-  if constexpr (kThreeBits) {
-    _mm_store_si128(reinterpret_cast<__m128i*>(scales), ScalesQ3_K(blk + 96));
-  }
-  int32_t correction = 0;
+  // The 16 sub-block scales as int8: Q3_K's unpacked (offset 32 taken off), Q2_K's low nibbles.
+  const __m128i scales = kThreeBits ? ScalesQ3_K(blk + 96)
+                                    : _mm_and_si128(Load128(blk), _mm_set1_epi8(0x0F));
+  const __m256i scales_twice = _mm256_broadcastsi128_si256(scales);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(sc), _mm256_cvtepi8_epi32(scales));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(sc + 8),
+                      _mm256_cvtepi8_epi32(_mm_srli_si128(scales, 8)));
+  // Q2_K: mpairs[i] = m_2i | m_2i+1 << 16 is the int16 sequence m_0, m_1, ... (high nibbles).
+  const __m128i mins = _mm_and_si128(_mm_srli_epi16(Load128(blk), 4), _mm_set1_epi8(0x0F));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(mpairs),
+                      kThreeBits ? _mm256_setzero_si256() : _mm256_cvtepu8_epi16(mins));
+  __m256i corr = _mm256_setzero_si256();  // sum_j sc_j * (sum of sub-block j's u)
   for (int h = 0; h < 2; ++h) {
     const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * h));
     for (int k = 0; k < 4; ++k) {
@@ -139,21 +161,13 @@ inline void DecodeQ23KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int
       }
       const __m256i c = kThreeBits ? _mm256_sub_epi8(u, _mm256_set1_epi8(4)) : u;
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 128 * h + 32 * k), c);
-      int32_t lo = 0, hi = 0;
-      HalfSums(u, &lo, &hi);
-      if constexpr (kThreeBits) {
-        lo -= 4 * 16;
-        hi -= 4 * 16;
-      }
       const int j = 8 * h + 2 * k;  // 16-element sub-blocks j, j + 1
-      for (int e = 0; e < 2; ++e) {
-        sc[j + e] = kThreeBits ? scales[j + e] : blk[j + e] & 0xF;
-      }
-      correction += sc[j] * lo + sc[j + 1] * hi;
+      corr = _mm256_add_epi32(corr, ScaledSums(u, scales_twice, j, j + 1));
     }
   }
-  for (int i = 0; i < 8; ++i) {
-    mpairs[i] = kThreeBits ? 0 : (blk[2 * i] >> 4) | (blk[2 * i + 1] >> 4) << 16;
+  int32_t correction = HorizontalSumI32(corr);
+  if constexpr (kThreeBits) {  // the codes are u - 4: take 4 * 16 * sc_j back per sub-block
+    for (int j = 0; j < 16; ++j) correction -= 4 * 16 * sc[j];
   }
   *bias = -128 * correction;
   *d = LoadFp16(blk + (kThreeBits ? 108 : 80));
@@ -171,7 +185,12 @@ inline void DecodeQ6KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int3
   const auto* scales = reinterpret_cast<const int8_t*>(blk + 192);
   const __m256i nibble = _mm256_set1_epi8(0x0F);
   auto bits = [](__m256i v, int mask) { return _mm256_and_si256(v, _mm256_set1_epi8(mask)); };
-  int32_t correction = 0;
+  const __m128i sc16 = Load128(scales);
+  const __m256i scales_twice = _mm256_broadcastsi128_si256(sc16);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(sc), _mm256_cvtepi8_epi32(sc16));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(sc + 8),
+                      _mm256_cvtepi8_epi32(_mm_srli_si128(sc16, 8)));
+  __m256i corr = _mm256_setzero_si256();  // sum_j sc_j * (sum of sub-block j's codes + 32)
   for (int h = 0; h < 2; ++h) {
     const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 64 * h));
     const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 64 * h + 32));
@@ -187,13 +206,11 @@ inline void DecodeQ6KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int3
       const int j = 8 * h + 2 * q;  // 16-element sub-blocks j, j + 1
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 128 * h + 32 * q),
                           _mm256_sub_epi8(e[q], _mm256_set1_epi8(32)));
-      int32_t lo = 0, hi = 0;
-      HalfSums(e[q], &lo, &hi);
-      sc[j] = scales[j];
-      sc[j + 1] = scales[j + 1];
-      correction += sc[j] * (lo - 16 * 32) + sc[j + 1] * (hi - 16 * 32);
+      corr = _mm256_add_epi32(corr, ScaledSums(e[q], scales_twice, j, j + 1));
     }
   }
+  int32_t correction = HorizontalSumI32(corr);
+  for (int j = 0; j < 16; ++j) correction -= 16 * 32 * sc[j];  // the codes are e - 32
   for (int i = 0; i < 8; ++i) mpairs[i] = 0;
   *bias = -128 * correction;
   *d = LoadFp16(blk + 208);

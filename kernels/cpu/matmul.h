@@ -61,14 +61,13 @@ inline constexpr int64_t kDefaultGemmMinBatch = 12;
 
 // The same for the k-quants' tiled kernels, whose weight decoding costs more per row; it
 // depends on the instruction set. 2-core Xeon VM, 2 threads, 8192 x 2048 (kernel_bench
-// --ab_reps, 2026-11-23), tiled / row-dot speed with the SIMD row decoders of every k-quant:
-// AVX-512 VNNI (AMX machine) Q2_K 1.23x at 16, 1.92x at 32, 2.32x at 128; Q3_K 1.02x, 1.96x,
-// 2.49x; Q4_K 1.03x, 1.62x, 2.50x; Q5_K 0.95x, 1.68x, 2.48x; Q6_K 0.92x, 1.78x, 2.53x; at 20:
-// Q4_K 0.99x, Q5_K 1.08x, Q6_K 1.19x; at 24: 1.29x, 1.31x, 1.38x. AVX2 (--isa avx2) at 20 /
-// 32: Q3_K 0.89x / 1.40x, Q4_K 0.77x / 1.21x, Q6_K 0.82x / 1.31x. (Before the SIMD decoders
-// of Q2_K / Q3_K / Q5_K, the portable one made their tiled path 0.45-0.88x at 16-32 rows.)
-inline constexpr int64_t kDefaultKQuantGemmMinBatch = 20;      // AVX-512 VNNI, AMX
-inline constexpr int64_t kDefaultKQuantGemmMinBatchAvx2 = 28;  // AVX2, AVX-512 without VNNI
+// --ab_reps, 2026-11-23 evening, SIMD row decoders for every k-quant), tiled / row-dot speed:
+// AVX-512 VNNI (AMX machine) at 12 / 16 / 32 rows: Q2_K 1.08x / 1.40x / 1.92x, Q3_K 0.86x /
+// 1.13x / 1.96x, Q4_K 1.04x / 1.46x / 1.98x, Q5_K 1.08x / 1.47x / 2.03x, Q6_K 0.78x / 1.02x /
+// 1.78x. AVX2 (--isa avx2) at 16 / 20 / 24: Q3_K 1.53x / 0.94x / 1.10x, Q4_K 1.30x / 0.87x /
+// 1.01x, Q6_K 1.31x / 0.85x / 1.02x: a second 16-row panel costs as much as a full one there.
+inline constexpr int64_t kDefaultKQuantGemmMinBatch = 16;      // AVX-512 VNNI, AMX
+inline constexpr int64_t kDefaultKQuantGemmMinBatchAvx2 = 24;  // AVX2, AVX-512 without VNNI
 
 struct MatMulOptions {
   CpuIsa isa;  // defaults to DetectCpuIsa()
