@@ -51,7 +51,8 @@ inline __m256i SumBlockLanes(__m512i p0, __m512i p1, __m512i p2, __m512i p3) {
                                        _mm512_shuffle_i32x4(p0, p1, 0xDD));
   const __m512i r47 = _mm512_add_epi32(_mm512_shuffle_i32x4(p2, p3, 0x88),
                                        _mm512_shuffle_i32x4(p2, p3, 0xDD));
-  // Quarter q: lanes (q0 + q2 of block q, of block q + 4, q1 + q3 of block q, of q + 4).
+  // Quarter q: lanes (l0 + l2 of block q, of block q + 4, l1 + l3 of block q, of q + 4), where
+  // l0..l3 are the lanes of that block's quarter in r03 / r47.
   const __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi32(r03, r47),
                                      _mm512_unpackhi_epi32(r03, r47));
   // Quarter q, lanes 0 and 1: block q, block q + 4.
