@@ -36,7 +36,7 @@ template <typename F>
 struct Interleaved {
   using Block = F;
   static constexpr int kGroupBytes = kInterleaveBlocks * F::kBytes;
-  static constexpr int kFieldOffset = 128 + 8 * F::kOffsetField;
+  static constexpr int kFieldOffset = kInterleavedCodeBytes + 8 * F::kOffsetField;
 };
 using Q4_0x8 = Interleaved<Q4_0>;  // the offset multiplies d
 using Q4_1x8 = Interleaved<Q4_1>;  // m
@@ -82,9 +82,9 @@ void RowDotInterleaved(const uint8_t* w, int64_t n_blocks, const uint8_t* act,
     const __m512i codes[4] = {
         _mm512_and_si512(z0, low), _mm512_and_si512(_mm512_srli_epi16(z0, 4), low),
         _mm512_and_si512(z1, low), _mm512_and_si512(_mm512_srli_epi16(z1, 4), low)};
-    const __m256 dw = _mm256_cvtph_ps(Load128(grp + 128));
+    const __m256 dw = _mm256_cvtph_ps(Load128(grp + kInterleavedCodeBytes));
     __m256 field = dw;
-    if constexpr (I::kFieldOffset != 128) field = _mm256_cvtph_ps(Load128(grp + I::kFieldOffset));
+    if constexpr (I::kFieldOffset != kInterleavedCodeBytes) field = _mm256_cvtph_ps(Load128(grp + I::kFieldOffset));
     __m256i dot[NA];
     __m256 da[NA], ds[NA];
     const __m256i bias[NA] = {};  // no code bias in these formats
@@ -110,7 +110,7 @@ void RowDotInterleaved(const uint8_t* w, int64_t n_blocks, const uint8_t* act,
     const __mmask8 lanes = static_cast<__mmask8>((1u << r) - 1);
     const __m256 dw = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(lanes, tail + 16 * r));
     __m256 field = dw;
-    if constexpr (I::kFieldOffset != 128) {
+    if constexpr (I::kFieldOffset != kInterleavedCodeBytes) {
       field = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(lanes, tail + 18 * r));
     }
     // Blocks 2k and 2k + 1 as one 512-bit operand (zeros past r).

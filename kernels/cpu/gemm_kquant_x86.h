@@ -32,7 +32,6 @@
 namespace tessera {
 namespace {  // NOLINT(build/namespaces): see simd_x86.h
 
-
 // One decoded weight row, arrays per super-block slot (chain-major order):
 // codes[256 n] int8 | sc[16 n] int32 | mpairs[8 n] int32 (m_2i | m_2i+1 << 16) | bias[n] int32
 // | d[n] float | dmin[n] float.

@@ -25,6 +25,7 @@
 #include "kernels/cpu/dot_kernels.h"
 #include "kernels/cpu/gemm_kernels.h"
 #include "kernels/cpu/simd_x86.h"
+#include "kernels/quant/interleave.h"
 
 namespace tessera {
 namespace {  // NOLINT(build/namespaces): see simd_x86.h
@@ -78,8 +79,8 @@ struct InterleavedBlocks {
       for (int j = 0; j < 8; ++j) {
         const __m256i v = Load256(grp + 64 * (j / 4) + 32 * (j % 2));
         const __m256i codes = _mm256_and_si256((j & 2) != 0 ? _mm256_srli_epi16(v, 4) : v, low);
-        fn(8 * g + j, codes, LoadFp16(grp + 128 + 2 * j),
-           LoadFp16(grp + 128 + 8 * Fmt::kOffsetField + 2 * j));
+        fn(8 * g + j, codes, LoadFp16(grp + kInterleavedCodeBytes + 2 * j),
+           LoadFp16(grp + kInterleavedCodeBytes + 8 * Fmt::kOffsetField + 2 * j));
       }
     }
     // The tail: r < 8 blocks, nibbles at 16 j, then d[r] and the offset field's r values.

@@ -29,7 +29,7 @@ void InterleaveGroup(const uint8_t* blocks, int block_bytes, int scale_bytes, ui
   }
   for (int j = 0; j < kInterleaveBlocks; ++j) {
     for (int f = 0; f < scale_bytes / 2; ++f) {  // d, then m
-      std::memcpy(group + 128 + 16 * f + 2 * j, blocks + j * block_bytes + 2 * f, 2);
+      std::memcpy(group + kInterleavedCodeBytes + 16 * f + 2 * j, blocks + j * block_bytes + 2 * f, 2);
     }
   }
 }
@@ -48,7 +48,7 @@ void DeinterleaveGroup(const uint8_t* group, int block_bytes, int scale_bytes, u
   }
   for (int j = 0; j < kInterleaveBlocks; ++j) {
     for (int f = 0; f < scale_bytes / 2; ++f) {
-      std::memcpy(blocks + j * block_bytes + 2 * f, group + 128 + 16 * f + 2 * j, 2);
+      std::memcpy(blocks + j * block_bytes + 2 * f, group + kInterleavedCodeBytes + 16 * f + 2 * j, 2);
     }
   }
 }

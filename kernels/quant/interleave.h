@@ -31,13 +31,15 @@
 
 #include <cstdint>
 
-#include "absl/status/statusor.h"
 #include "kernels/quant/types.h"
 #include "kernels/tensor.h"
 
 namespace tessera {
 
 inline constexpr int kInterleaveBlocks = 8;  // blocks per interleaved group
+// Bytes of a group's codes; its fp16 field f (d = 0, m = 1) follows at kInterleavedCodeBytes +
+// 16 f (block j's at + 2 j).
+inline constexpr int kInterleavedCodeBytes = 128;
 
 // Whether `type` has the interleaved layout (Q4_0, Q4_1).
 bool InterleaveSupported(GgmlType type);

@@ -130,19 +130,6 @@ Reference ComputeReference(const QuantTraits& traits, const QuantMatrix& w, cons
   return ref;
 }
 
-std::vector<float> RunMatMul(const QuantMatrix& w, const std::vector<float>& x, int64_t n_batch,
-                       int n_threads, CpuIsa isa, int64_t gemm_min_batch) {
-  std::vector<float> y(static_cast<size_t>(n_batch * w.rows), std::nanf(""));
-  MatMulScratch scratch;
-  MatMulOptions options;
-  options.isa = isa;
-  options.gemm_min_batch = gemm_min_batch;
-  const absl::Status st =
-      MatMulQ(w, x.data(), n_batch, y.data(), TestPool(n_threads), &scratch, options);
-  EXPECT_TRUE(st.ok()) << st;
-  return y;
-}
-
 bool SameBits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
 class GemmTest : public testing::TestWithParam<GgmlType> {

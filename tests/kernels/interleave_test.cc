@@ -147,19 +147,6 @@ std::vector<float> Activations(int64_t n, int64_t cols, uint32_t seed) {
   return x;
 }
 
-std::vector<float> Product(const QuantMatrix& w, const std::vector<float>& x, int64_t n_batch,
-                       CpuIsa isa, int threads, int64_t gemm_min_batch) {
-  std::vector<float> y(static_cast<size_t>(n_batch * w.rows), std::nanf(""));
-  MatMulScratch scratch;
-  MatMulOptions options;
-  options.isa = isa;
-  options.gemm_min_batch = gemm_min_batch;
-  const absl::Status st = MatMulQ(w, x.data(), n_batch, y.data(), TestPool(threads), &scratch,
-                                  options);
-  EXPECT_TRUE(st.ok()) << st;
-  return y;
-}
-
 TEST(InterleaveMatMulTest, SameBitsAsTheGgufLayoutOnEveryPath) {
   constexpr int64_t kRows = 37;  // three 16-row chunks and a partial one
   constexpr int64_t kBatches[] = {1, 2, 3, 4, 5, 11, 12, 16, 33};
@@ -177,8 +164,8 @@ TEST(InterleaveMatMulTest, SameBitsAsTheGgufLayoutOnEveryPath) {
         for (int64_t n_batch : kBatches) {
           for (int64_t gemm_min : {int64_t{1}, kDefaultGemmMinBatch, kNoGemm}) {
             const int threads = 1 + static_cast<int>(n_batch % 3);
-            const std::vector<float> want = Product(wg, x, n_batch, isa, threads, gemm_min);
-            const std::vector<float> got = Product(wi, x, n_batch, isa, threads, gemm_min);
+            const std::vector<float> want = RunMatMul(wg, x, n_batch, threads, isa, gemm_min);
+            const std::vector<float> got = RunMatMul(wi, x, n_batch, threads, isa, gemm_min);
             EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
                 << t.name << " " << n_blocks << " blocks, batch " << n_batch << ", "
                 << CpuIsaName(isa) << ", gemm from " << gemm_min << ", " << threads
@@ -207,8 +194,8 @@ TEST(InterleaveMatMulTest, MatMulQManyMixesLayouts) {
     MatMulScratch scratch;
     ASSERT_TRUE(MatMulQMany(products, 2, x.data(), n_batch, TestPool(2), &scratch).ok());
     const CpuIsa isa = DetectCpuIsa();
-    EXPECT_EQ(ya, Product(a_gguf, x, n_batch, isa, 1, kDefaultGemmMinBatch)) << n_batch;
-    EXPECT_EQ(yb, Product(b, x, n_batch, isa, 1, kDefaultGemmMinBatch)) << n_batch;
+    EXPECT_EQ(ya, RunMatMul(a_gguf, x, n_batch, 1, isa, kDefaultGemmMinBatch)) << n_batch;
+    EXPECT_EQ(yb, RunMatMul(b, x, n_batch, 1, isa, kDefaultGemmMinBatch)) << n_batch;
   }
 }
 

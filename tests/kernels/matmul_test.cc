@@ -172,18 +172,6 @@ Reference ComputeReference(const QuantTraits& traits, const QuantMatrix& w, cons
   return ref;
 }
 
-std::vector<float> RunMatMul(const QuantMatrix& w, const std::vector<float>& x, int64_t n_batch,
-                             int n_threads, CpuIsa isa) {
-  std::vector<float> y(static_cast<size_t>(n_batch * w.rows), std::nanf(""));
-  MatMulScratch scratch;
-  MatMulOptions options;
-  options.isa = isa;
-  const absl::Status st =
-      MatMulQ(w, x.data(), n_batch, y.data(), TestPool(n_threads), &scratch, options);
-  EXPECT_TRUE(st.ok()) << st;
-  return y;
-}
-
 // Shapes: rows not a multiple of any tile, 1..5 blocks of columns, odd batches, thread counts
 // above the number of row shares.
 struct Shape {

@@ -1,5 +1,6 @@
 #include "tests/kernels/matmul_testutil.h"
 
+#include <cmath>
 #include <memory>
 
 #include "kernels/quant/kquants.h"
@@ -23,6 +24,19 @@ ThreadPool* TestPool(int n_threads) {
   auto& p = (*pools)[static_cast<size_t>(n_threads)];
   if (p == nullptr) p = std::make_unique<ThreadPool>(n_threads);
   return p.get();
+}
+
+std::vector<float> RunMatMul(const QuantMatrix& w, const std::vector<float>& x, int64_t n_batch,
+                             int n_threads, CpuIsa isa, int64_t gemm_min_batch) {
+  std::vector<float> y(static_cast<size_t>(n_batch * w.rows), std::nanf(""));
+  MatMulScratch scratch;
+  MatMulOptions options;
+  options.isa = isa;
+  options.gemm_min_batch = gemm_min_batch;
+  const absl::Status st =
+      MatMulQ(w, x.data(), n_batch, y.data(), TestPool(n_threads), &scratch, options);
+  EXPECT_TRUE(st.ok()) << st;
+  return y;
 }
 
 bool IsFloatType(GgmlType t) {

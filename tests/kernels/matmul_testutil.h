@@ -30,6 +30,13 @@ bool IsFloatType(GgmlType t);
 // float formats.
 std::vector<size_t> ScaleOffsets(GgmlType t);
 
+// MatMulQ of w on x (n_batch rows) on `isa` with n_threads pool threads and the tiled paths
+// of the 32-element formats from gemm_min_batch rows; y starts as NaNs, a failure is a test
+// failure.
+std::vector<float> RunMatMul(const QuantMatrix& w, const std::vector<float>& x, int64_t n_batch,
+                             int n_threads, CpuIsa isa,
+                             int64_t gemm_min_batch = kDefaultGemmMinBatch);
+
 // Test parameter names: the type's GGUF name.
 std::string TypeName(const testing::TestParamInfo<GgmlType>& info);
 
