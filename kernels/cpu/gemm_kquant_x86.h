@@ -218,8 +218,8 @@ inline void DecodeQ6KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int3
 
 // DecodeGroupFnFor<KRow> (gemm_x86.h).
 template <GgmlType kType, int MR>
-void DecodeKGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, uint8_t* dec,
-                  KRow* rows) {
+void DecodeKGroup(const uint8_t* w, int64_t w_stride, int mr, int next_rows, int64_t n_blocks,
+                  uint8_t* dec, KRow* rows) {
   static const KDecodeFn decode = FindKDecoder(kType);
   const int64_t block_bytes = FindQuantTraits(kType)->block_bytes;
   const int64_t row_bytes = KLayout::RowBytes(n_blocks);
@@ -227,6 +227,7 @@ void DecodeKGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, 
   for (int r = 0; r < MR; ++r) {
     uint8_t* out = dec + r * row_bytes;
     rows[r] = ViewKRow(out, n_blocks);
+    PrefetchNextRow<MR>(w, w_stride, r, next_rows);
     if (r >= mr) continue;
     auto* sc = reinterpret_cast<int32_t*>(out + 256 * n_blocks);
     auto* mpairs = reinterpret_cast<int32_t*>(out + 320 * n_blocks);

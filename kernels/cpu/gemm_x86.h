@@ -234,10 +234,12 @@ TileFn SelectTile(int mr, int np) {
 
 // Decodes the mr <= MR weight rows at w (w_stride bytes apart) into dec (rows
 // Layout::RowBytes apart) and points rows[0 .. MR) at them; rows past mr point at the buffer's
-// stale rows.
+// stale rows. The next group's first next_rows rows (MR rows on) start on their way to L2 one
+// row per decoded row (PrefetchNextRow), so that they arrive while this group's tiles run
+// without a burst of prefetches that fills the line-fill buffers and stalls the decoder.
 template <typename Row>
-using DecodeGroupFnFor = void (*)(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks,
-                                  uint8_t* dec, Row* rows);
+using DecodeGroupFnFor = void (*)(const uint8_t* w, int64_t w_stride, int mr, int next_rows,
+                                  int64_t n_blocks, uint8_t* dec, Row* rows);
 using DecodeGroupFn = DecodeGroupFnFor<DecodedRow>;
 
 // What GemmRowsOf needs of a family of block formats: the decoded row (Row), the buffer bytes
@@ -248,11 +250,22 @@ struct Block32Layout {
   static constexpr int64_t kPanelBlockBytes = kGemmPanelBlockBytes;
 };
 
+// Row i of the group after the one at w (MR rows of w_stride bytes), when i < next_rows.
+template <int MR>
+inline void PrefetchNextRow(const uint8_t* w, int64_t w_stride, int i, int next_rows) {
+  if (i >= next_rows) return;
+  const uint8_t* row = w + (MR + i) * w_stride;
+  for (int64_t off = 0; off < w_stride; off += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(row + off), _MM_HINT_T1);
+  }
+}
+
 template <typename Fmt, int MR, typename Blocks = GgufBlocks<Fmt>>
-void DecodeGroup(const uint8_t* w, int64_t w_stride, int mr, int64_t n_blocks, uint8_t* dec,
-                 DecodedRow* rows) {
+void DecodeGroup(const uint8_t* w, int64_t w_stride, int mr, int next_rows, int64_t n_blocks,
+                 uint8_t* dec, DecodedRow* rows) {
   const int64_t dec_bytes = DecodedRowBytes(n_blocks);
   for (int i = 0; i < MR; ++i) {
+    PrefetchNextRow<MR>(w, w_stride, i, next_rows);
     if (i < mr) DecodeRow<Fmt, Blocks>(w + i * w_stride, n_blocks, dec + i * dec_bytes);
     rows[i] = ViewDecodedRow(dec + i * dec_bytes, n_blocks);
   }
@@ -285,16 +298,8 @@ void GemmRowsOf(const uint8_t* w, int64_t w_stride, int64_t row_begin, int64_t r
     const int g_rows = static_cast<int>(std::min<int64_t>(kOutRows, row_end - g0));
     for (int64_t r0 = g0; r0 < g0 + g_rows; r0 += MR) {
       const int mr = static_cast<int>(std::min<int64_t>(MR, g0 + g_rows - r0));
-      Decode(w + r0 * w_stride, w_stride, mr, n_blocks, dec, rows);
-      // The next rows' bytes start on their way to L2 while the tiles run (the hardware
-      // prefetcher alone leaves DecodeRow waiting on memory at the start of each group).
-      if (r0 + MR < row_end) {
-        const uint8_t* next = w + (r0 + MR) * w_stride;
-        const int64_t next_bytes = std::min<int64_t>(MR, row_end - r0 - MR) * w_stride;
-        for (int64_t off = 0; off < next_bytes; off += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(next + off), _MM_HINT_T1);
-        }
-      }
+      const int next_rows = static_cast<int>(std::clamp<int64_t>(row_end - r0 - MR, 0, MR));
+      Decode(w + r0 * w_stride, w_stride, mr, next_rows, n_blocks, dec, rows);
       for (int64_t p0 = 0; p0 < n_panels; p0 += NP) {
         const int np = static_cast<int>(std::min<int64_t>(NP, n_panels - p0));
         const uint8_t* panel[NP];
