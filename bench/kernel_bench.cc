@@ -32,6 +32,7 @@
 #include "absl/strings/str_split.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/huge_pages.h"
 #include "kernels/cpu/read_bandwidth.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/quant/interleave.h"
@@ -76,7 +77,7 @@ std::vector<int64_t> ParseList(const std::string& flag, const char* name) {
 // A weight set: n_mats matrices of one format back to back, filled by repeating a few rows
 // quantized with the reference quantizer (the kernels' speed does not depend on the values).
 struct WeightSet {
-  std::unique_ptr<uint8_t[]> bytes;
+  std::shared_ptr<HugePageMapping> bytes;  // 2 MiB pages, like the backend's weights
   std::vector<QuantMatrix> mats;
   int64_t matrix_bytes = 0;
 };
@@ -88,7 +89,13 @@ WeightSet MakeWeightSet(const QuantTraits& traits, int64_t rows, int64_t cols, i
   set.matrix_bytes = row_bytes * rows;
   const int64_t n_mats =
       std::max<int64_t>(2, (set_bytes + set.matrix_bytes - 1) / set.matrix_bytes);
-  set.bytes.reset(new uint8_t[static_cast<size_t>(n_mats * set.matrix_bytes)]);
+  absl::StatusOr<std::shared_ptr<HugePageMapping>> mapping =
+      HugePageMapping::Create(n_mats * set.matrix_bytes);
+  if (!mapping.ok()) {
+    std::fprintf(stderr, "kernel_bench: %s\n", std::string(mapping.status().message()).c_str());
+    std::exit(1);
+  }
+  set.bytes = *std::move(mapping);
   constexpr int64_t kSeedRows = 16;
   std::vector<uint8_t> seed(static_cast<size_t>(kSeedRows * row_bytes));
   std::mt19937 rng(42);
@@ -108,13 +115,13 @@ WeightSet MakeWeightSet(const QuantTraits& traits, int64_t rows, int64_t cols, i
     int64_t b, e;
     ThreadPool::Share(total_rows, t, nt, 64, &b, &e);
     for (int64_t r = b; r < e; ++r) {
-      std::memcpy(set.bytes.get() + r * row_bytes, seed.data() + (r % kSeedRows) * row_bytes,
+      std::memcpy(set.bytes->data() + r * row_bytes, seed.data() + (r % kSeedRows) * row_bytes,
                   static_cast<size_t>(row_bytes));
     }
   });
   for (int64_t m = 0; m < n_mats; ++m) {
     set.mats.push_back(QuantMatrix{traits.type, rows, cols, row_bytes,
-                                   set.bytes.get() + m * set.matrix_bytes, layout});
+                                   set.bytes->data() + m * set.matrix_bytes, layout});
   }
   return set;
 }
@@ -207,8 +214,9 @@ int Main() {
   for (size_t i = 0; i < threads.size(); ++i) {
     ThreadPool pool(static_cast<int>(threads[i]));
     bandwidth[i] = MeasureReadBandwidth(&pool, absl::GetFlag(FLAGS_bandwidth_mib) << 20, 5);
-    absl::PrintF("read bandwidth, %d thread(s): %.2f GB/s (best of 5 passes over %d MiB)\n",
-                 threads[i], bandwidth[i] / 1e9, absl::GetFlag(FLAGS_bandwidth_mib));
+    absl::PrintF("read bandwidth, %d thread(s): %.2f GB/s (best of 5 passes over %d MiB%s)\n",
+                 threads[i], bandwidth[i] / 1e9, absl::GetFlag(FLAGS_bandwidth_mib),
+                 TransparentHugePagesAvailable() ? ", 2 MiB pages" : "");
   }
   // cpu% is the share of `threads` cores the benchmark actually got: well below 100% means
   // other processes competed for the cores and the row is not a clean measurement.

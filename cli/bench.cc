@@ -1,7 +1,8 @@
 // tessera bench: prefill and decode tokens/s of the engine, beside the decode roofline
 // (measured memory bandwidth / bytes read per decode step).
 //
-// --backend cpu (default): one batch size (--batch), bandwidth = a streaming read over 1 GiB.
+// --backend cpu (default): one batch size (--batch), bandwidth = a streaming read over 1 GiB
+// (in 2 MiB pages where the kernel offers them, like the backend's copies of the weights).
 // --backend cuda[:N]: every batch of --batches (default 1,8,32,64) with prefill of -p tokens
 // (default 512) per sequence, bandwidth = a large device-to-device copy measured in the same run
 // (bytes read + written per second).
@@ -17,6 +18,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/huge_pages.h"
 #include "kernels/cpu/read_bandwidth.h"
 #include "kernels/status_macros.h"
 #include "model/engine.h"
@@ -87,8 +89,9 @@ absl::Status RunBench(const BenchOptions& o) {
   std::printf("shape            %lld layers, n_embd %lld, weights streamed per step %.1f MiB\n",
               static_cast<long long>(c.n_layers), static_cast<long long>(c.n_embd),
               f.weight_bytes / (1 << 20));
-  std::printf("read bandwidth   %.2f GB/s (measured, %lld threads)\n", bandwidth / 1e9,
-              static_cast<long long>(o.threads));
+  std::printf("read bandwidth   %.2f GB/s (measured, %lld threads%s)\n", bandwidth / 1e9,
+              static_cast<long long>(o.threads),
+              TransparentHugePagesAvailable() ? ", 2 MiB pages" : "");
   std::printf("prefill          %.1f tokens/s  (%lld x %lld tokens)\n", f.prefill_tps,
               static_cast<long long>(o.batch), static_cast<long long>(prompt));
   std::printf("decode           %.1f tokens/s  (batch %lld, %lld steps)\n", f.decode_tps,

@@ -9,8 +9,11 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/huge_pages.h"
 #include "kernels/quant/interleave.h"
 #include "kernels/quant/types.h"
 #include "kernels/status_macros.h"
@@ -22,30 +25,37 @@ class HostWeight final : public Weight {
  public:
   // A view of the caller's memory (the mmap).
   explicit HostWeight(const QuantMatrix& m) : m_(m) {}
-  // A copy of m in the interleaved layout (rows row_bytes apart), owned by the weight; the
-  // rows are converted by the pool's threads.
-  static absl::StatusOr<std::unique_ptr<HostWeight>> Interleaved(const QuantMatrix& m,
-                                                                 int64_t row_bytes,
-                                                                 ThreadPool* pool) {
+  // A copy of m in the backend's huge-page memory, rows compact (row_bytes apart), interleaved
+  // (kernels/quant/interleave.h) when `interleave`; the rows are copied by the pool's threads.
+  static absl::StatusOr<std::unique_ptr<HostWeight>> Copy(const QuantMatrix& m, int64_t row_bytes,
+                                                          bool interleave, HugePageArena* arena,
+                                                          ThreadPool* pool) {
     auto w = std::make_unique<HostWeight>(m);
     const int64_t bytes = m.rows * row_bytes;
-    w->owned_.reset(new (std::nothrow) uint8_t[static_cast<size_t>(bytes)]);
-    if (w->owned_ == nullptr) {
+    absl::StatusOr<HugePagePiece> piece = arena->Allocate(bytes);
+    if (!piece.ok()) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "out of memory: ", bytes, " bytes for the interleaved copy of a ", m.rows, " x ",
-          m.cols, " weight (CpuBackend interleave = false keeps weights in the mmap)"));
+          piece.status().message(), " (the backend's copy of a ", m.rows, " x ", m.cols, " ",
+          GgmlTypeName(m.type), " weight; TESSERA_CPU_HUGE_PAGES=0 and "
+          "TESSERA_CPU_INTERLEAVE=0 keep weights in the mmap)"));
     }
+    w->owned_ = *std::move(piece);
+    uint8_t* dst = w->owned_.data;
     const int64_t n_blocks = m.cols / FindQuantTraits(m.type)->block_elems;
     pool->Run([&](int thread, int n_threads) {
       int64_t begin, end;
       ThreadPool::Share(m.rows, thread, n_threads, 1, &begin, &end);
       for (int64_t r = begin; r < end; ++r) {
-        InterleaveRow(m.type, m.row(r), n_blocks, w->owned_.get() + r * row_bytes);
+        if (interleave) {
+          InterleaveRow(m.type, m.row(r), n_blocks, dst + r * row_bytes);
+        } else {
+          std::memcpy(dst + r * row_bytes, m.row(r), static_cast<size_t>(row_bytes));
+        }
       }
     });
-    w->m_.data = w->owned_.get();
+    w->m_.data = dst;
     w->m_.row_bytes = row_bytes;
-    w->m_.layout = WeightLayout::kInterleaved8;
+    if (interleave) w->m_.layout = WeightLayout::kInterleaved8;
     w->bytes_ = bytes;
     return w;
   }
@@ -54,7 +64,7 @@ class HostWeight final : public Weight {
 
  private:
   QuantMatrix m_;
-  std::unique_ptr<uint8_t[]> owned_;
+  HugePagePiece owned_;
   int64_t bytes_ = 0;
 };
 
@@ -237,30 +247,44 @@ bool SameRope(const RopeParams& a, const RopeParams& b) {
 
 namespace {
 
-// Whether this CPU's kernels read the interleaved layout (AVX-512 VNNI's row-dot and tiled
-// kernels, AMX's tiles), unless TESSERA_CPU_INTERLEAVE=0 says to keep weights in the mmap.
-bool InterleaveWanted(bool requested) {
-  const CpuIsa isa = DetectCpuIsa();
-  if (!requested || (isa != CpuIsa::kAvx512Vnni && isa != CpuIsa::kAmx)) return false;
-  const char* env = std::getenv("TESSERA_CPU_INTERLEAVE");
+// Whether the environment variable `name` leaves a copy enabled: unset or "1" yes, "0" no,
+// anything else yes with a warning (once per variable).
+bool EnvEnables(const char* name, const char* what) {
+  const char* env = std::getenv(name);
   if (env == nullptr || std::strcmp(env, "1") == 0) return true;
   if (std::strcmp(env, "0") == 0) return false;
-  static std::once_flag warned;
-  std::call_once(warned, [env] {
-    std::fprintf(stderr,
-                 "warning: TESSERA_CPU_INTERLEAVE=%s is not 0 or 1; Q4_0/Q4_1 weights are "
-                 "interleaved (the default)\n",
-                 env);
-  });
+  static std::mutex mu;
+  static std::vector<std::string> warned;
+  std::lock_guard<std::mutex> lock(mu);
+  if (std::find(warned.begin(), warned.end(), name) == warned.end()) {
+    warned.emplace_back(name);
+    std::fprintf(stderr, "warning: %s=%s is not 0 or 1; %s (the default)\n", name, env, what);
+  }
   return true;
+}
+
+// Whether this CPU's kernels read the interleaved layout (AVX-512 VNNI's row-dot and tiled
+// kernels, AMX's tiles), unless TESSERA_CPU_INTERLEAVE=0 says not to.
+bool InterleaveWanted(bool copy_weights) {
+  const CpuIsa isa = DetectCpuIsa();
+  if (!copy_weights || (isa != CpuIsa::kAvx512Vnni && isa != CpuIsa::kAmx)) return false;
+  return EnvEnables("TESSERA_CPU_INTERLEAVE", "Q4_0/Q4_1 weights are interleaved");
+}
+
+// Whether the other weights are copied into huge pages: where the kernel offers them, unless
+// TESSERA_CPU_HUGE_PAGES=0 says not to.
+bool HugePagesWanted(bool copy_weights) {
+  if (!copy_weights || !TransparentHugePagesAvailable()) return false;
+  return EnvEnables("TESSERA_CPU_HUGE_PAGES", "weights are copied into 2 MiB pages");
 }
 
 }  // namespace
 
-CpuBackend::CpuBackend(int n_threads, bool exact_matmul, bool interleave)
+CpuBackend::CpuBackend(int n_threads, bool exact_matmul, bool copy_weights)
     : pool_(std::max(1, n_threads)),
       exact_matmul_(exact_matmul),
-      interleave_(InterleaveWanted(interleave)) {}
+      interleave_(InterleaveWanted(copy_weights)),
+      huge_pages_(HugePagesWanted(copy_weights)) {}
 
 void CpuBackend::ParallelFor(int64_t n, int64_t granule, int64_t min_parallel,
                              const std::function<void(int64_t, int64_t)>& fn) {
@@ -277,7 +301,8 @@ void CpuBackend::ParallelFor(int64_t n, int64_t granule, int64_t min_parallel,
 
 std::string CpuBackend::name() const {
   return absl::StrCat("cpu (", std::string(CpuIsaName(DetectCpuIsa())), ", ", pool_.size(),
-                      " threads", interleave_ ? ", Q4_0/Q4_1 interleaved" : "", ")");
+                      " threads", interleave_ ? ", Q4_0/Q4_1 interleaved" : "",
+                      huge_pages_ ? ", weights in 2 MiB pages" : "", ")");
 }
 
 absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::LoadWeight(const QuantMatrix& host) {
@@ -293,10 +318,13 @@ absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::LoadWeight(const QuantMatrix
                                                    host.rows, " cols=", host.cols,
                                                    " row_bytes=", host.row_bytes));
   }
-  if (interleave_ && host.layout == WeightLayout::kGguf && InterleaveSupported(host.type) &&
-      host.cols >= kInterleaveBlocks * traits->block_elems) {
-    TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<HostWeight> w,
-                             HostWeight::Interleaved(host, *row_bytes, &pool_));
+  if (host.layout != WeightLayout::kGguf) return std::make_unique<HostWeight>(host);
+  const bool interleave = interleave_ && InterleaveSupported(host.type) &&
+                          host.cols >= kInterleaveBlocks * traits->block_elems;
+  if (interleave || huge_pages_) {
+    TESSERA_ASSIGN_OR_RETURN(
+        std::unique_ptr<HostWeight> w,
+        HostWeight::Copy(host, *row_bytes, interleave, &weight_memory_, &pool_));
     return std::unique_ptr<Weight>(std::move(w));
   }
   return std::make_unique<HostWeight>(host);
@@ -313,7 +341,15 @@ absl::Status CpuBackend::AllocateKvCache(const KvLayout& layout) {
     return absl::InvalidArgumentError("KV cache layout has a non-positive dimension");
   }
   kv_layout_ = layout;
-  kv_.assign(static_cast<size_t>(layout.bytes() / 4), 0.0f);
+  // 2 MiB pages: a decode step streams every sequence's cache (huge_pages.h says why). Fresh
+  // anonymous memory reads as zeros.
+  kv_.reset();
+  absl::StatusOr<std::shared_ptr<HugePageMapping>> kv = HugePageMapping::Create(layout.bytes());
+  if (!kv.ok()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(kv.status().message(), " (the KV cache of ", layout.n_blocks, " blocks)"));
+  }
+  kv_ = *std::move(kv);
   return absl::OkStatus();
 }
 
@@ -450,7 +486,7 @@ absl::Status CpuBackend::Add(float* x, const float* y, int64_t n) {
 absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, const float* v,
                                    int n_heads, const AttentionBatch& batch, float* out) {
   const KvLayout& L = kv_layout_;
-  if (kv_.empty()) return absl::FailedPreconditionError("KV cache not allocated");
+  if (kv_ == nullptr) return absl::FailedPreconditionError("KV cache not allocated");
   if (layer < 0 || layer >= L.n_layers || n_heads % L.n_kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("attention: layer ", layer, " or heads ",
                                                    n_heads, " do not match the KV cache"));

@@ -1,8 +1,9 @@
-// CpuBackend: the Backend on host memory. Weights stay in the GGUF mmap (LoadWeight copies
-// nothing), except Q4_0 / Q4_1 matrices on CPUs with AVX-512 VNNI: those are copied once into
-// the interleaved layout (kernels/quant/interleave.h), whose batch-1 kernels stream at the
-// memory bandwidth where the GGUF layout's fall short of it; the mmap's pages are then left
-// to the page cache. Matmuls use the fused quantized kernels of kernels/cpu/matmul.h; the
+// CpuBackend: the Backend on host memory. LoadWeight copies each weight once into the
+// backend's memory in 2 MiB pages (kernels/cpu/huge_pages.h: streaming from 4 KiB pages costs
+// a page walk every 4 KiB), and Q4_0 / Q4_1 matrices on CPUs with AVX-512 VNNI into the
+// interleaved layout (kernels/quant/interleave.h), whose batch-1 kernels keep up with memory
+// where the GGUF layout's do not; the mmap's pages are then left to the page cache. Where the
+// kernel offers no transparent huge pages, only the interleaved copies are made. Matmuls use the fused quantized kernels of kernels/cpu/matmul.h; the
 // other ops are plain loops split across the same thread pool.
 //
 // Thread-safety: one engine thread at a time (the pool is not re-entrant).
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/huge_pages.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -25,10 +27,11 @@ class CpuBackend final : public Backend {
   // exact_matmul: multiply with the reference-dequantized weights in float64 instead of the
   // fused 8-bit kernels. Slow; for tests that check the rest of the forward pass tightly
   // against a float64 reference without the activation-quantization noise.
-  // interleave: store Q4_0 / Q4_1 weights interleaved where this CPU's kernels read that layout
-  // faster (AVX-512 VNNI); false, or TESSERA_CPU_INTERLEAVE=0 in the environment, keeps every
-  // weight in place (no copy: the mmap's pages can be shared between processes).
-  explicit CpuBackend(int n_threads, bool exact_matmul = false, bool interleave = true);
+  // copy_weights: copy weights as described above; false keeps every weight in place (no copy:
+  // the mmap's pages can be shared between processes). In the environment,
+  // TESSERA_CPU_INTERLEAVE=0 keeps Q4_0 / Q4_1 in the GGUF layout and TESSERA_CPU_HUGE_PAGES=0
+  // leaves the weights that are not interleaved in the mmap.
+  explicit CpuBackend(int n_threads, bool exact_matmul = false, bool copy_weights = true);
   std::string name() const override;
   int n_threads() const { return pool_.size(); }
 
@@ -58,7 +61,8 @@ class CpuBackend final : public Backend {
   float* KvSlot(int layer, int kv, int64_t slot) {
     const int64_t token_floats = int64_t{kv_layout_.n_kv_heads} * kv_layout_.head_dim;
     const int64_t per_kv = kv_layout_.n_blocks * kv_layout_.block_tokens * token_floats;
-    return kv_.data() + (int64_t{layer} * 2 + kv) * per_kv + slot * token_floats;
+    return reinterpret_cast<float*>(kv_->data()) + (int64_t{layer} * 2 + kv) * per_kv +
+           slot * token_floats;
   }
 
   absl::Status ExactMatMul(const QuantMatrix& w, const float* x, int64_t n_tokens, float* y);
@@ -72,9 +76,12 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   const bool exact_matmul_;
   const bool interleave_;
+  const bool huge_pages_;
+  HugePageArena weight_memory_;  // the weights' copies (each weight keeps its mapping alive)
   MatMulScratch scratch_;
   KvLayout kv_layout_;
-  std::vector<float> kv_;  // (n_layers, 2, n_blocks * block_tokens, n_kv_heads, head_dim)
+  // (n_layers, 2, n_blocks * block_tokens, n_kv_heads, head_dim) floats
+  std::shared_ptr<HugePageMapping> kv_;
   std::vector<float> rope_cache_;
   RopeParams rope_cache_params_;
 };

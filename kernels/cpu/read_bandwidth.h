@@ -1,6 +1,7 @@
 // Measures the machine's memory read bandwidth: the roofline that memory-bound kernels (decode
 // matmuls) are reported against. Streams a buffer much larger than the last-level cache with
-// `n_threads` threads, each summing its own contiguous share, best of `repeats` passes.
+// `n_threads` threads, each summing its own contiguous share, best of `repeats` passes. The
+// buffer is in 2 MiB pages where the kernel offers them (kernels/cpu/huge_pages.h).
 #ifndef TESSERA_KERNELS_CPU_READ_BANDWIDTH_H_
 #define TESSERA_KERNELS_CPU_READ_BANDWIDTH_H_
 

@@ -15,6 +15,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/huge_pages.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/quant/q4.h"
 #include "kernels/quant/types.h"
@@ -239,7 +240,10 @@ TEST(InterleaveBackendTest, LoadWeightInterleavesWhereTheKernelsReadIt) {
       ASSERT_TRUE(wf.ok() && wp.ok());
       const bool expect = VnniHere() && n_blocks >= 8;
       EXPECT_EQ((*wf)->matrix().layout == WeightLayout::kInterleaved8, expect) << n_blocks;
-      EXPECT_EQ((*wf)->device_bytes(), expect ? rows * row_bytes : 0);
+      // Copied when interleaved, and into huge pages where the kernel offers them.
+      const bool copied = expect || TransparentHugePagesAvailable();
+      EXPECT_EQ((*wf)->device_bytes(), copied ? rows * row_bytes : 0);
+      EXPECT_EQ((*wf)->matrix().data != gguf.data(), copied);
       EXPECT_EQ((*wp)->matrix().layout, WeightLayout::kGguf);
       EXPECT_EQ((*wp)->matrix().data, gguf.data());  // no copy
       // Products at batch 1, 5 and 20 (row-dot and tiled), and embedding rows: same bits.
