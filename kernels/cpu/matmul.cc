@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -130,7 +131,8 @@ absl::Status CheckWeight(const QuantMatrix& w, int64_t n_batch) {
                                                  " (id ", static_cast<uint32_t>(w.type),
                                                  ") has no CPU kernel"));
   }
-  if (w.rows < 0 || w.cols <= 0 || n_batch < 0) {
+  // Rows below 2^31: RowRanges packs two row indices into one 64-bit atomic.
+  if (w.rows < 0 || w.rows > INT32_MAX || w.cols <= 0 || n_batch < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("MatMulQ: bad shape: ", w.rows, " rows x ", w.cols, " cols, batch ", n_batch));
   }
@@ -165,8 +167,70 @@ struct ProductPlan {
   const uint8_t* panels;  // the tiled path's packed activations
   int64_t n_blocks;
   int64_t tile_rows;   // rows per cached tile of the row-dot path
-  int64_t chunk_rows;  // rows per chunk handed to a thread
-  int64_t chunk_end;   // one past this product's last chunk in the call's chunk numbering
+  int64_t chunk_rows;  // rows per claim (RowRanges)
+};
+
+// How the rows of a call's products are shared out. Each product's rows are cut into one
+// contiguous range per thread (edges on multiples of 16 rows: outputs of different threads meet
+// only at 64-byte lines of y). A thread claims chunk_rows at a time from the front of its own
+// ranges, so that it reads one long sequential stream per product, which the hardware and the
+// kernels' software prefetchers follow (chunks handed out in turn from one counter cut
+// SmolLM2's streams into 17 KiB pieces and its decode ran 5-10% slower); once its own ranges
+// are done it claims chunks from the backs of the others', so that a thread slowed down by
+// other work on its core does not hold everyone up at the join. Which thread computes a row
+// does not change its bits.
+class RowRanges {
+ public:
+  RowRanges(const ProductPlan* plans, int n_products, int n_threads)
+      : plans_(plans),
+        n_threads_(n_threads),
+        cursors_(new std::atomic<uint64_t>[static_cast<size_t>(n_products * n_threads)]) {
+    for (int i = 0; i < n_products; ++i) {
+      const int64_t rows = plans[i].w->rows;
+      for (int t = 0; t < n_threads; ++t) {
+        cursors_[i * n_threads + t].store(Pack(Edge(rows, t), Edge(rows, t + 1)));
+      }
+    }
+  }
+  // [*begin, *end): the next chunk from the front (ClaimFront) or the back (ClaimBack) of
+  // thread t's range of product i; false when nothing is left of it.
+  bool ClaimFront(int i, int t, int64_t* begin, int64_t* end) {
+    return Claim(i, t, /*front=*/true, begin, end);
+  }
+  bool ClaimBack(int i, int t, int64_t* begin, int64_t* end) {
+    return Claim(i, t, /*front=*/false, begin, end);
+  }
+
+ private:
+  int64_t Edge(int64_t rows, int t) const {
+    return std::min(rows, (rows * t / n_threads_ + 15) / 16 * 16);
+  }
+  static uint64_t Pack(int64_t front, int64_t back) {
+    return static_cast<uint64_t>(front) << 32 | static_cast<uint64_t>(back);
+  }
+  bool Claim(int i, int t, bool front, int64_t* begin, int64_t* end) {
+    std::atomic<uint64_t>& cursor = cursors_[i * n_threads_ + t];
+    const int64_t n = plans_[i].chunk_rows;  // a multiple of 16
+    uint64_t now = cursor.load(std::memory_order_relaxed);
+    for (;;) {
+      const auto f = static_cast<int64_t>(now >> 32);
+      const auto b = static_cast<int64_t>(now & 0xFFFFFFFFu);
+      if (f >= b) return false;
+      // Front chunks start on multiples of 16 (so does every range); a back chunk starts on
+      // the multiple of 16 at or after b - n (b may be the matrix's last row + 1).
+      const int64_t nf = front ? std::min(b, f + n) : f;
+      const int64_t nb = front ? b : std::max(f, (b - n + 15) / 16 * 16);
+      if (cursor.compare_exchange_weak(now, Pack(nf, nb), std::memory_order_relaxed)) {
+        *begin = front ? f : nb;
+        *end = front ? nf : b;
+        return true;
+      }
+    }
+  }
+
+  const ProductPlan* plans_;
+  int n_threads_;
+  std::unique_ptr<std::atomic<uint64_t>[]> cursors_;
 };
 
 constexpr ActFormat kQuantizedFormats[] = {ActFormat::kBlock32, ActFormat::kBlock256};
@@ -293,15 +357,8 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
     p.panels = nullptr;
     p.n_blocks = cols / traits->block_elems;
     p.tile_rows = std::max<int64_t>(1, kTileWeightBytes / *RowBytes(*traits, cols));
-    // Rows are handed out in contiguous chunks from a shared counter rather than as one fixed
-    // share per thread. Each chunk is still a long sequential stream (friendly to the
-    // prefetchers, and outputs of different threads only meet at chunk edges, multiples of 16
-    // rows = 64-byte lines of y), but a thread that is slowed down (a core shared with other
-    // work) no longer holds everyone up at the join: the others take its remaining chunks.
     p.chunk_rows =
         std::max<int64_t>(16, (w.rows / (8 * static_cast<int64_t>(n_threads)) + 15) / 16 * 16);
-    const int64_t n_chunks = (w.rows + p.chunk_rows - 1) / p.chunk_rows;
-    p.chunk_end = (i == 0 ? 0 : plans[i - 1].chunk_end) + n_chunks;
     need_rows[static_cast<int>(format)] = true;
     if (p.gemm != nullptr) need_panels[static_cast<int>(format)] = true;
   }
@@ -347,22 +404,22 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
     }
   }
 
-  const int64_t n_chunks = plans[n_products - 1].chunk_end;
-  if (n_chunks == 0) return absl::OkStatus();
-  std::atomic<int64_t> next_chunk{0};
-  auto work = [&](int /*thread*/, int /*n_threads*/) {
-    int i = 0;  // chunks are numbered product by product, so i only moves forward
-    for (;;) {
-      const int64_t c = next_chunk.fetch_add(1, std::memory_order_relaxed);
-      if (c >= n_chunks) return;
-      while (c >= plans[i].chunk_end) ++i;
-      const ProductPlan& p = plans[i];
-      const int64_t first = i == 0 ? 0 : plans[i - 1].chunk_end;
-      const int64_t begin = (c - first) * p.chunk_rows;
-      RunRows(p, begin, std::min(p.w->rows, begin + p.chunk_rows), n_batch);
+  RowRanges ranges(plans, n_products, n_threads);
+  auto work = [&](int thread, int /*n_threads*/) {
+    int64_t begin, end;
+    // This thread's own ranges, front to back, product by product; then what is left of the
+    // others', from their backs.
+    for (int i = 0; i < n_products; ++i) {
+      while (ranges.ClaimFront(i, thread, &begin, &end)) RunRows(plans[i], begin, end, n_batch);
+    }
+    for (int i = 0; i < n_products; ++i) {
+      for (int v = 1; v < n_threads; ++v) {
+        const int victim = (thread + v) % n_threads;
+        while (ranges.ClaimBack(i, victim, &begin, &end)) RunRows(plans[i], begin, end, n_batch);
+      }
     }
   };
-  if (n_threads == 1 || n_chunks == 1) {
+  if (n_threads == 1) {
     work(0, 1);
   } else {
     pool->Run(work);
