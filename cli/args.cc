@@ -8,6 +8,13 @@
 
 namespace tessera::cli {
 
+absl::StatusOr<std::optional<KvType>> ParseKvType(const std::string& name) {
+  if (name == "auto") return std::optional<KvType>();
+  if (name == "f16") return std::optional<KvType>(KvType::kF16);
+  if (name == "f32") return std::optional<KvType>(KvType::kF32);
+  return absl::InvalidArgumentError("--kv-type must be auto, f16 or f32, got '" + name + "'");
+}
+
 void Args::Flag(const char* name, const char* short_name, bool* value, const char* help) {
   opts_.push_back({name, short_name ? short_name : "", help, Kind::kFlag, value});
 }

@@ -5,12 +5,19 @@
 #define TESSERA_CLI_ARGS_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
 
 namespace tessera::cli {
+
+// --kv-type: "auto" (nullopt: the backend's preference), "f16" or "f32"; INVALID_ARGUMENT
+// naming the value otherwise.
+absl::StatusOr<std::optional<KvType>> ParseKvType(const std::string& name);
 
 class Args {
  public:

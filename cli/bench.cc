@@ -32,19 +32,20 @@ namespace tessera::cli {
 namespace {
 
 struct BenchOptions {
-  std::string model, synthetic, quant = "Q4_0", backend = "cpu", batches;
+  std::string model, synthetic, quant = "Q4_0", backend = "cpu", batches, kv_type = "auto";
   int64_t layers = 0, prompt = -1, tokens = 32, threads = 2, batch = 1;
 };
 
 struct BenchFigures {
   double prefill_tps = 0, decode_tps = 0, roofline_tps = 0, weight_bytes = 0;
+  KvType kv_type = KvType::kF32;
 };
 
 // Prefill of `batch` prompts (each its own step) then `tokens` greedy decode steps of all of
 // them, on `backend`; the roofline divides `bandwidth` by the bytes read per decode step.
 absl::StatusOr<BenchFigures> Measure(const WeightSource& weights, Backend* backend,
                                      int64_t batch, int64_t prompt, int64_t tokens,
-                                     double bandwidth);
+                                     std::optional<KvType> kv_type, double bandwidth);
 
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
@@ -56,6 +57,7 @@ absl::Status RunBench(const BenchOptions& o) {
   if (o.prompt == 0 || o.prompt < -1 || o.tokens < 1 || o.threads < 1 || o.batch < 1) {
     return absl::InvalidArgumentError("-p, -n, -t and --batch must be at least 1");
   }
+  TESSERA_RETURN_IF_ERROR(ParseKvType(o.kv_type).status());
   OpenedModel opened;
   std::unique_ptr<SyntheticWeights> synthetic;
   const WeightSource* weights = nullptr;
@@ -74,6 +76,7 @@ absl::Status RunBench(const BenchOptions& o) {
   }
   const ModelConfig& c = weights->config();
   if (o.backend != "cpu") return RunCudaBench(o, *weights);
+  const std::optional<KvType> kv_type = *ParseKvType(o.kv_type);
   double bandwidth = 0;
   {
     // Its own pool, gone before the engine's threads start.
@@ -82,8 +85,8 @@ absl::Status RunBench(const BenchOptions& o) {
   }
   CpuBackend backend(static_cast<int>(o.threads));
   const int64_t prompt = o.prompt > 0 ? o.prompt : 128;
-  TESSERA_ASSIGN_OR_RETURN(BenchFigures f,
-                           Measure(*weights, &backend, o.batch, prompt, o.tokens, bandwidth));
+  TESSERA_ASSIGN_OR_RETURN(
+      BenchFigures f, Measure(*weights, &backend, o.batch, prompt, o.tokens, kv_type, bandwidth));
   std::printf("model            %s\n", weights->description().c_str());
   std::printf("backend          %s\n", backend.name().c_str());
   std::printf("shape            %lld layers, n_embd %lld, weights streamed per step %.1f MiB\n",
@@ -92,6 +95,7 @@ absl::Status RunBench(const BenchOptions& o) {
   std::printf("read bandwidth   %.2f GB/s (measured, %lld threads%s)\n", bandwidth / 1e9,
               static_cast<long long>(o.threads),
               TransparentHugePagesAvailable() ? ", 2 MiB pages" : "");
+  std::printf("kv cache         %s\n", KvTypeName(f.kv_type));
   std::printf("prefill          %.1f tokens/s  (%lld x %lld tokens)\n", f.prefill_tps,
               static_cast<long long>(o.batch), static_cast<long long>(prompt));
   std::printf("decode           %.1f tokens/s  (batch %lld, %lld steps)\n", f.decode_tps,
@@ -103,7 +107,7 @@ absl::Status RunBench(const BenchOptions& o) {
 
 absl::StatusOr<BenchFigures> Measure(const WeightSource& weights, Backend* backend,
                                      int64_t batch, int64_t prompt, int64_t tokens,
-                                     double bandwidth) {
+                                     std::optional<KvType> kv_type, double bandwidth) {
   const ModelConfig& c = weights.config();
   if (prompt + tokens > c.n_ctx) {
     return absl::InvalidArgumentError(absl::StrCat("-p + -n = ", prompt + tokens,
@@ -116,7 +120,8 @@ absl::StatusOr<BenchFigures> Measure(const WeightSource& weights, Backend* backe
   kv.head_dim = static_cast<int>(c.head_dim);
   kv.block_tokens = eo.kv_block_tokens;
   kv.n_blocks = batch * ((prompt + tokens + kv.block_tokens - 1) / kv.block_tokens);
-  eo.kv_budget_bytes = kv.bytes();
+  eo.kv_blocks = kv.n_blocks;
+  eo.kv_type = kv_type;
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
                            Engine::Create(weights, ModelShard::Whole(c), backend, nullptr, eo));
 
@@ -152,6 +157,7 @@ absl::StatusOr<BenchFigures> Measure(const WeightSource& weights, Backend* backe
   // (float32, at the average context of the run).
   BenchFigures f;
   f.weight_bytes = static_cast<double>(engine->model().weight_bytes());
+  f.kv_type = engine->model().kv_type();
   const double avg_ctx = prompt + tokens / 2.0;
   const double kv_bytes =
       batch * avg_ctx * 2.0 * c.n_layers * c.kv_dim() * static_cast<double>(sizeof(float));
@@ -181,6 +187,7 @@ absl::Status RunCudaBench(const BenchOptions& o, const WeightSource& weights) {
   }
   const int64_t prompt = o.prompt > 0 ? o.prompt : 512;
   const ModelConfig& c = weights.config();
+  const std::optional<KvType> kv_type = *ParseKvType(o.kv_type);
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> backend, CudaBackend::Create(device));
   TESSERA_ASSIGN_OR_RETURN(const double bandwidth, backend->MeasureCopyBandwidth());
   std::printf("model            %s\n", weights.description().c_str());
@@ -192,8 +199,9 @@ absl::Status RunCudaBench(const BenchOptions& o, const WeightSource& weights) {
               static_cast<long long>(prompt), static_cast<long long>(o.tokens));
   for (const int64_t batch : batches) {
     // A fresh engine per batch size (its KV cache sized for it; weights uploaded again).
-    TESSERA_ASSIGN_OR_RETURN(BenchFigures f,
-                             Measure(weights, backend.get(), batch, prompt, o.tokens, bandwidth));
+    TESSERA_ASSIGN_OR_RETURN(
+        BenchFigures f,
+        Measure(weights, backend.get(), batch, prompt, o.tokens, kv_type, bandwidth));
     std::printf("%-6lld %14.1f %14.1f %14.1f %8.0f%%\n", static_cast<long long>(batch),
                 f.prefill_tps, f.decode_tps, f.roofline_tps, 100.0 * f.decode_tps / f.roofline_tps);
     std::fflush(stdout);
@@ -231,6 +239,8 @@ int BenchMain(int argc, char** argv) {
   args.Option("threads", "t", &o.threads, "CPU threads (default 2)");
   args.Option("batch", nullptr, &o.batch, "concurrent sequences (default 1; cpu backend)");
   args.Option("backend", nullptr, &o.backend, "cpu (default), cuda or cuda:N");
+  args.Option("kv-type", nullptr, &o.kv_type,
+              "KV cache: auto (the backend's choice: f16 on CPUs with AVX-512), f16 or f32");
   args.Option("batches", nullptr, &o.batches,
               "comma-separated batch sizes for the cuda backend (default 1,8,32,64)");
   int code = 0;

@@ -34,7 +34,7 @@ std::string DefaultModelPath() {
 namespace {
 
 struct GenerateOptions {
-  std::string model, prompt, chat, system, server;
+  std::string model, prompt, chat, system, server, kv_type = "auto";
   double timeout_s = 600;
   int64_t max_tokens = 256, threads = 2, top_k = 40, seed = -1, logprobs = 0;
   int64_t kv_memory_mib = 256;
@@ -92,6 +92,7 @@ absl::Status Run(const GenerateOptions& o) {
   CpuBackend backend(static_cast<int>(o.threads));
   EngineOptions eo;
   eo.kv_budget_bytes = o.kv_memory_mib << 20;
+  TESSERA_ASSIGN_OR_RETURN(eo.kv_type, ParseKvType(o.kv_type));
   TESSERA_ASSIGN_OR_RETURN(
       std::unique_ptr<Engine> engine,
       Engine::Create(*opened->weights, ModelShard::Whole(opened->weights->config()), &backend,
@@ -214,6 +215,8 @@ int GenerateMain(int argc, char** argv) {
   args.Option("logprobs", nullptr, &o.logprobs, "alternatives per token to compute (0..20)");
   args.Option("threads", "t", &o.threads, "CPU threads (default 2)");
   args.Option("kv-memory-mib", nullptr, &o.kv_memory_mib, "KV cache memory (default 256)");
+  args.Option("kv-type", nullptr, &o.kv_type,
+              "KV cache: auto (the backend's choice: f16 on CPUs with AVX-512), f16 or f32");
   int code = 0;
   if (!ParseOrExit(args, argc, argv, &code)) return code;
   o.has_prompt = args.seen("prompt");

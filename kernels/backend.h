@@ -64,6 +64,13 @@ std::vector<float> RopeFrequencies(const RopeParams& p);
 // values; INVALID_ARGUMENT naming the dims otherwise. Every backend's Rope checks this first.
 absl::Status CheckRopeParams(const RopeParams& p);
 
+// How the KV cache stores K and V: float32, or IEEE binary16 (half the memory and the bytes a
+// decode step reads, at a relative rounding error of at most 2^-11 per element, the cache
+// type llama.cpp uses by default).
+enum class KvType { kF32, kF16 };
+inline int64_t KvTypeBytes(KvType t) { return t == KvType::kF16 ? 2 : 4; }
+inline const char* KvTypeName(KvType t) { return t == KvType::kF16 ? "f16" : "f32"; }
+
 // Geometry of the paged KV cache a backend allocates for its shard.
 struct KvLayout {
   int n_layers = 0;     // layers this shard owns
@@ -71,8 +78,10 @@ struct KvLayout {
   int head_dim = 0;
   int block_tokens = 16;
   int64_t n_blocks = 0;
+  KvType type = KvType::kF32;
   int64_t bytes() const {
-    return int64_t{2} * n_layers * n_blocks * block_tokens * n_kv_heads * head_dim * 4;
+    return int64_t{2} * n_layers * n_blocks * block_tokens * n_kv_heads * head_dim *
+           KvTypeBytes(type);
   }
 };
 
@@ -95,7 +104,11 @@ class Backend {
   // --- memory
   virtual absl::StatusOr<std::unique_ptr<Weight>> LoadWeight(const QuantMatrix& host) = 0;
   virtual absl::StatusOr<std::unique_ptr<DeviceBuffer>> Allocate(int64_t n_floats) = 0;
+  // INVALID_ARGUMENT / UNIMPLEMENTED naming what is wrong for a layout (or a KvType) the
+  // backend cannot hold.
   virtual absl::Status AllocateKvCache(const KvLayout& layout) = 0;
+  // The KV cache type this backend runs best with (engines use it unless told otherwise).
+  virtual KvType PreferredKvType() const { return KvType::kF32; }
   virtual absl::Status CopyToHost(const float* device, int64_t n_floats, float* host) = 0;
   virtual absl::Status CopyToDevice(const float* host, int64_t n_floats, float* device) = 0;
 

@@ -20,6 +20,7 @@ absl::StatusOr<int64_t> Engine::KvBlockCapacity(const ModelConfig& c, const Mode
   layout.n_kv_heads = static_cast<int>(shard.kv_head_end - shard.kv_head_begin);
   layout.head_dim = static_cast<int>(c.head_dim);
   layout.block_tokens = options.kv_block_tokens;
+  layout.type = options.kv_type.value_or(KvType::kF32);
   TESSERA_ASSIGN_OR_RETURN(int64_t n_blocks, KvBlocksForBudget(layout, options.kv_budget_bytes));
   if (n_blocks < 1) {
     layout.n_blocks = 1;
@@ -34,11 +35,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const WeightSource& weigh
                                                        const ModelShard& shard, Backend* backend,
                                                        ShardHooks* hooks,
                                                        const EngineOptions& options) {
-  TESSERA_ASSIGN_OR_RETURN(int64_t n_blocks,
-                           KvBlockCapacity(weights.config(), shard, options));
+  if (backend == nullptr) return absl::InvalidArgumentError("engine: no backend");
+  EngineOptions resolved = options;
+  if (!resolved.kv_type) resolved.kv_type = backend->PreferredKvType();
+  TESSERA_ASSIGN_OR_RETURN(int64_t n_blocks, KvBlockCapacity(weights.config(), shard, resolved));
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
                            LlamaModel::Create(weights, shard, backend, hooks, n_blocks,
-                                              options.kv_block_tokens));
+                                              options.kv_block_tokens, *resolved.kv_type));
   return std::unique_ptr<Engine>(new Engine(std::move(model), n_blocks, options.kv_block_tokens));
 }
 

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -28,6 +29,9 @@ struct EngineOptions {
   // > 0: exactly this many KV blocks (the budget is ignored). The cluster sets it so that every
   // rank of a group holds the same number of blocks.
   int64_t kv_blocks = 0;
+  // How the cache holds K and V; unset: the backend's PreferredKvType() (Engine::Create), or
+  // f32 where no backend is at hand (KvBlockCapacity alone, which then counts f32 blocks).
+  std::optional<KvType> kv_type;
 };
 
 // One sequence's part of a step: append `tokens` to sequence `id` (new ids start empty).

@@ -43,7 +43,7 @@ absl::Status ShardHooks::GatherLogits(const float* local, int64_t n_rows, int64_
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     const WeightSource& weights, const ModelShard& shard, Backend* backend, ShardHooks* hooks,
-    int64_t kv_blocks, int kv_block_tokens) {
+    int64_t kv_blocks, int kv_block_tokens, KvType kv_type) {
   const ModelConfig& c = weights.config();
   if (absl::Status s = shard.Validate(c); !s.ok()) return s;
   auto model = std::unique_ptr<LlamaModel>(new LlamaModel(c, shard, backend, hooks));
@@ -56,6 +56,8 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
   kv.block_tokens = kv_block_tokens;
   model->kv_block_tokens_ = kv_block_tokens;
   kv.n_blocks = kv_blocks;
+  kv.type = kv_type;
+  model->kv_type_ = kv_type;
   if (absl::Status s = backend->AllocateKvCache(kv); !s.ok()) return s;
   return model;
 }

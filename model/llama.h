@@ -74,18 +74,20 @@ struct SequenceStep {
 class LlamaModel {
  public:
   // Loads the shard's weights through the backend and allocates its KV cache of kv_blocks
-  // blocks of kv_block_tokens tokens.
+  // blocks of kv_block_tokens tokens, holding K and V as kv_type.
   static absl::StatusOr<std::unique_ptr<LlamaModel>> Create(const WeightSource& weights,
                                                             const ModelShard& shard,
                                                             Backend* backend,
                                                             ShardHooks* hooks,
                                                             int64_t kv_blocks,
-                                                            int kv_block_tokens);
+                                                            int kv_block_tokens,
+                                                            KvType kv_type = KvType::kF32);
   LlamaModel(const LlamaModel&) = delete;
   LlamaModel& operator=(const LlamaModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
   const ModelShard& shard() const { return shard_; }
+  KvType kv_type() const { return kv_type_; }
   // Bytes of weights this shard streams per forward pass.
   int64_t weight_bytes() const { return weight_bytes_; }
 
@@ -111,6 +113,7 @@ class LlamaModel {
   int64_t n_heads_ = 0, n_kv_heads_ = 0, n_ff_ = 0, n_vocab_local_ = 0;
   int64_t weight_bytes_ = 0;
   int kv_block_tokens_ = 16;
+  KvType kv_type_ = KvType::kF32;
 
   std::unique_ptr<Weight> token_embd_, output_norm_, output_;
   std::vector<Layer> layers_;

@@ -12,6 +12,10 @@
 
 namespace tessera {
 
+KvType PreferredKvType(absl::string_view device) {
+  return device == "cpu" ? CpuBackend::PreferredKvTypeFor(/*exact_matmul=*/false) : KvType::kF32;
+}
+
 bool BuiltWithCuda() {
 #if TESSERA_HAVE_CUDA
   return true;

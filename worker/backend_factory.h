@@ -16,6 +16,11 @@ namespace tessera {
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(absl::string_view device, int threads);
 
+// The KV cache type the backend CreateBackend(device, ...) prefers, without creating it (a
+// worker sizes its cache before it loads anything): the CPU's f16 on CPUs with AVX-512, else
+// f32.
+KvType PreferredKvType(absl::string_view device);
+
 // True when this binary was built with the CUDA backend.
 bool BuiltWithCuda();
 

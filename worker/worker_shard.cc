@@ -198,6 +198,7 @@ absl::StatusOr<std::unique_ptr<AssignedShard>> AssignedShard::Prepare(const v1::
   eo.kv_block_tokens = static_cast<int>(a.kv_block_tokens());
   eo.kv_budget_bytes = a.kv_cache_bytes() > 0 ? static_cast<int64_t>(a.kv_cache_bytes())
                                               : context.default_kv_cache_bytes;
+  eo.kv_type = PreferredKvType(context.device);  // what Connect's backend will take
   absl::StatusOr<int64_t> capacity = Engine::KvBlockCapacity(c, shard, eo);
   if (!capacity.ok()) {
     return absl::Status(capacity.status().code(), absl::StrCat("assignment ", a.assignment_id(),
@@ -346,6 +347,7 @@ absl::StatusOr<v1::Ready> AssignedShard::Connect(const v1::Connect &connect) {
   kv.head_dim = static_cast<int>(c.head_dim);
   kv.block_tokens = engine_options_.kv_block_tokens;
   kv.n_blocks = engine_options_.kv_blocks;
+  kv.type = engine_->model().kv_type();
   const int64_t kv_heads = shard_.kv_head_end - shard_.kv_head_begin;
   const int64_t floats_per_token =
       3 * c.n_embd + 2 * kv_heads * c.n_gqa() * c.head_dim + 2 * kv_heads * c.head_dim +

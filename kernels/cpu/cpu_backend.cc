@@ -13,6 +13,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/attention_kernels.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/fp16_rows.h"
 #include "kernels/cpu/huge_pages.h"
 #include "kernels/quant/interleave.h"
 #include "kernels/quant/types.h"
@@ -77,144 +80,14 @@ class HostBuffer final : public DeviceBuffer {
  private:
   std::vector<float> data_;
 };
-
-// One query head's causal attention over its sequence's paged K/V. target_clones compiles it
-// for AVX-512, AVX2 and the baseline and picks one at load time from the CPU's features (one
-// indirect call per head, not per position). The dot product keeps 16 independent partial sums
-// combined in a fixed order, so it vectorises without the compiler reassociating anything: the
-// result does not depend on pointer alignment, which keeps a sequence's numbers the same
-// whichever batch it runs in.
-constexpr int kLanes = 16;
-
-inline __attribute__((always_inline)) float Dot(const float* a, const float* b, int n) {
-  float acc[kLanes] = {};
-  int i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-#pragma omp simd
-    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
-  }
-  for (int j = 0; i < n; ++i, ++j) acc[j] += a[i] * b[i];
-  for (int width = kLanes / 2; width > 0; width /= 2) {
-    for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
-  }
-  return acc[0];
-}
-
-struct HeadAttention {
-  const float* q;        // (head_dim) this query head
-  const float* k_base;   // K of slot 0 for this KV head; slot s at k_base + s * slot_stride
-  const float* v_base;   // likewise for V
-  int64_t slot_stride;   // floats between consecutive slots
-  const int32_t* table;  // the sequence's block table
-  int block_tokens;
-  int ctx;               // attend to positions [0, ctx)
-  int head_dim;
-  float scale;           // 1 / sqrt(head_dim)
-  float* scores;         // (ctx) scratch
-  float* out;            // (head_dim)
-};
-
+// One query head's causal attention (attention_kernels.h). target_clones compiles it for
+// AVX-512, AVX2 and the baseline and picks one at load time from the CPU's features (one
+// indirect call per head, not per position).
 __attribute__((target_clones("avx512f", "avx2", "default"))) void AttendHead(
     const HeadAttention& a) {
-  const int hd = a.head_dim;
-  auto slot = [&](int p) {
-    return int64_t{a.table[p / a.block_tokens]} * a.block_tokens + p % a.block_tokens;
-  };
-  float max_score = -std::numeric_limits<float>::infinity();
-  for (int p = 0; p < a.ctx; ++p) {
-    a.scores[p] = Dot(a.q, a.k_base + slot(p) * a.slot_stride, hd) * a.scale;
-    max_score = std::max(max_score, a.scores[p]);
-  }
-  float denom = 0.0f;
-  for (int p = 0; p < a.ctx; ++p) {
-    a.scores[p] = std::exp(a.scores[p] - max_score);
-    denom += a.scores[p];
-  }
-  std::fill(a.out, a.out + hd, 0.0f);
-  for (int p = 0; p < a.ctx; ++p) {
-    const float w = a.scores[p] / denom;
-    const float* v = a.v_base + slot(p) * a.slot_stride;
-#pragma omp simd
-    for (int i = 0; i < hd; ++i) a.out[i] += w * v[i];
-  }
+  AttendHeadBody(a);
 }
 
-// AttendHead for a head_dim known at compile time (64: SmolLM2, Llama 3.2 1B/3B; 128: Llama 3
-// 8B..405B), with the same arithmetic in the same order, so the same bits: each score is Dot's
-// 16 lanes (starting at +0, one product per element, elements i and i + 16 k in lane i mod 16)
-// reduced by the same tree (lanes j + 8, then j + 4, j + 2, j + 1), and the output accumulates
-// w * v position by position from +0. What changes is only where values live: the query and
-// the output in vector registers for the whole context instead of memory on every position.
-typedef float V16 __attribute__((vector_size(64)));
-typedef float V8 __attribute__((vector_size(32)));
-typedef float V4 __attribute__((vector_size(16)));
-
-// (By pointer, not by value: a vector return type would change the ABI of the non-AVX-512
-// clones.)
-inline __attribute__((always_inline)) void Load16(const float* p, V16* v) {
-  std::memcpy(v, p, sizeof *v);
-}
-
-// N query heads of one KV head (a[0 .. N): same K/V, table and context; own q, scores, out)
-// at once: each K and V row is loaded once for all of them, and the N heads' output sums are
-// independent chains (one head alone waits on the latency of every add). Per head, the
-// operations and their order are exactly those of AttendHead.
-template <int HD, int N>
-inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttention* a) {
-  static_assert(HD % kLanes == 0, "whole vectors");
-  constexpr int kV = HD / kLanes;
-  const HeadAttention& a0 = a[0];
-  auto slot = [&](int p) {
-    return int64_t{a0.table[p / a0.block_tokens]} * a0.block_tokens + p % a0.block_tokens;
-  };
-  V16 q[N][kV];
-  float max_score[N];
-  for (int n = 0; n < N; ++n) {
-    for (int c = 0; c < kV; ++c) Load16(a[n].q + kLanes * c, &q[n][c]);
-    max_score[n] = -std::numeric_limits<float>::infinity();
-  }
-  for (int p = 0; p < a0.ctx; ++p) {
-    const float* k = a0.k_base + slot(p) * a0.slot_stride;
-    V16 kc[kV];
-    for (int c = 0; c < kV; ++c) Load16(k + kLanes * c, &kc[c]);
-    for (int n = 0; n < N; ++n) {
-      V16 acc = {};
-      for (int c = 0; c < kV; ++c) acc += q[n][c] * kc[c];
-      const V8 h = __builtin_shufflevector(acc, acc, 0, 1, 2, 3, 4, 5, 6, 7) +
-                   __builtin_shufflevector(acc, acc, 8, 9, 10, 11, 12, 13, 14, 15);
-      const V4 f =
-          __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
-      const float score = ((f[0] + f[2]) + (f[1] + f[3])) * a0.scale;
-      a[n].scores[p] = score;
-      max_score[n] = std::max(max_score[n], score);
-    }
-  }
-  float denom[N];
-  for (int n = 0; n < N; ++n) {
-    denom[n] = 0.0f;
-    for (int p = 0; p < a0.ctx; ++p) {
-      a[n].scores[p] = std::exp(a[n].scores[p] - max_score[n]);
-      denom[n] += a[n].scores[p];
-    }
-  }
-  V16 out[N][kV] = {};
-  for (int p = 0; p < a0.ctx; ++p) {
-    const float* v = a0.v_base + slot(p) * a0.slot_stride;
-    V16 vc[kV];
-    for (int c = 0; c < kV; ++c) Load16(v + kLanes * c, &vc[c]);
-    for (int n = 0; n < N; ++n) {
-      const float w = a[n].scores[p] / denom[n];
-      for (int c = 0; c < kV; ++c) out[n][c] += w * vc[c];
-    }
-  }
-  for (int n = 0; n < N; ++n) {
-    for (int c = 0; c < kV; ++c) std::memcpy(a[n].out + kLanes * c, &out[n][c], sizeof(V16));
-  }
-}
-
-// Up to this many heads of one KV head per call, for head dims 64 and 128 (what fits the
-// registers: N * HD / 16 output vectors).
-constexpr int kMaxHeads64 = 4, kMaxHeads128 = 2;
 
 __attribute__((target_clones("avx512f", "avx2", "default"))) void AttendHeads64(
     const HeadAttention* a, int n) {
@@ -351,6 +224,10 @@ absl::Status CpuBackend::AllocateKvCache(const KvLayout& layout) {
   }
   kv_ = *std::move(kv);
   return absl::OkStatus();
+}
+
+KvType CpuBackend::PreferredKvTypeFor(bool exact_matmul) {
+  return !exact_matmul && GetCpuFeatures().avx512 ? KvType::kF16 : KvType::kF32;
 }
 
 absl::Status CpuBackend::CopyToHost(const float* device, int64_t n, float* host) {
@@ -495,13 +372,21 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
   const int hd = L.head_dim;
   const int64_t kv_floats = int64_t{L.n_kv_heads} * hd;
   const int64_t n_slots = L.n_blocks * L.block_tokens;
+  const bool f16 = L.type == KvType::kF16;
   for (int64_t t = 0; t < n_tokens; ++t) {
     const int64_t slot = batch.slot_of_token[t];
     if (slot < 0 || slot >= n_slots) {
       return absl::InvalidArgumentError(absl::StrCat("KV slot ", slot, " out of range"));
     }
-    std::memcpy(KvSlot(layer, 0, slot), k + t * kv_floats, kv_floats * sizeof(float));
-    std::memcpy(KvSlot(layer, 1, slot), v + t * kv_floats, kv_floats * sizeof(float));
+    for (int kv = 0; kv < 2; ++kv) {
+      const float* src = (kv == 0 ? k : v) + t * kv_floats;
+      uint8_t* dst = KvSlot(layer, kv, slot);
+      if (f16) {
+        FloatsToFp16(src, kv_floats, reinterpret_cast<uint16_t*>(dst));
+      } else {
+        std::memcpy(dst, src, kv_floats * sizeof(float));
+      }
+    }
   }
   for (int64_t t = 0; t < n_tokens; ++t) {
     const int32_t seq = batch.seq_of_token[t];
@@ -525,11 +410,18 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
   if (n_tokens * L.n_kv_heads * runs_per_kv < 2 * int64_t{pool_.size()}) max_heads = 1;
   const int runs = (group + max_heads - 1) / max_heads;
   const int64_t n_work = n_tokens * L.n_kv_heads * runs;
+  // An f16 cache goes to the AVX-512 kernels that convert rows as they load them; elsewhere
+  // (no AVX-512, or another head dim) each item's rows are converted into a float scratch
+  // first (exact), and the float kernels run on that.
+  const bool f16_native = f16 && (hd == 64 || hd == 128) && GetCpuFeatures().avx512;
+  const int64_t row_elems = int64_t{L.n_kv_heads} * hd;
   pool_.Run([&](int thread, int n_threads) {
     int64_t begin, end;
     ThreadPool::Share(n_work, thread, n_threads, 1, &begin, &end);
-    std::vector<float> scores;
+    std::vector<float> scores, k_rows, v_rows;
+    std::vector<int32_t> identity;
     HeadAttention heads[kMaxHeads64];
+    HeadAttentionF16 heads16[kMaxHeads64];
     for (int64_t w = begin; w < end; ++w) {
       const int64_t t = w / (int64_t{L.n_kv_heads} * runs);
       const int kvh = static_cast<int>(w / runs % L.n_kv_heads);
@@ -541,9 +433,9 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
       for (int i = 0; i < n; ++i) {
         HeadAttention& a = heads[i];
         a.q = q + (t * n_heads + h0 + i) * hd;
-        a.k_base = KvSlot(layer, 0, 0) + kvh * hd;
-        a.v_base = KvSlot(layer, 1, 0) + kvh * hd;
-        a.slot_stride = int64_t{L.n_kv_heads} * hd;
+        a.k_base = reinterpret_cast<const float*>(KvSlot(layer, 0, 0)) + kvh * hd;
+        a.v_base = reinterpret_cast<const float*>(KvSlot(layer, 1, 0)) + kvh * hd;
+        a.slot_stride = row_elems;
         a.table = table.data();
         a.block_tokens = L.block_tokens;
         a.ctx = ctx;
@@ -551,6 +443,39 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
         a.scale = scale;
         a.scores = scores.data() + static_cast<size_t>(ctx) * i;
         a.out = out + (t * n_heads + h0 + i) * hd;
+      }
+      if (f16_native) {
+        for (int i = 0; i < n; ++i) {
+          const HeadAttention& a = heads[i];
+          heads16[i] = {a.q,   reinterpret_cast<const uint16_t*>(KvSlot(layer, 0, 0)) + kvh * hd,
+                        reinterpret_cast<const uint16_t*>(KvSlot(layer, 1, 0)) + kvh * hd,
+                        a.slot_stride, a.table, a.block_tokens, a.ctx, a.head_dim, a.scale,
+                        a.scores, a.out};
+        }
+        AttendHeadsF16Avx512(heads16, n);
+        continue;
+      }
+      if (f16) {
+        // Positions 0 .. ctx - 1 of this KV head as contiguous float rows, read through an
+        // identity block table.
+        k_rows.resize(static_cast<size_t>(ctx) * hd);
+        v_rows.resize(k_rows.size());
+        for (int p = 0; p < ctx; ++p) {
+          const int64_t s =
+              int64_t{table[p / L.block_tokens]} * L.block_tokens + p % L.block_tokens;
+          const auto* k16 = reinterpret_cast<const uint16_t*>(KvSlot(layer, 0, s)) + kvh * hd;
+          const auto* v16 = reinterpret_cast<const uint16_t*>(KvSlot(layer, 1, s)) + kvh * hd;
+          Fp16ToFloats(k16, hd, k_rows.data() + int64_t{p} * hd);
+          Fp16ToFloats(v16, hd, v_rows.data() + int64_t{p} * hd);
+        }
+        identity.resize(static_cast<size_t>(ctx / L.block_tokens + 1));
+        for (size_t b = 0; b < identity.size(); ++b) identity[b] = static_cast<int32_t>(b);
+        for (int i = 0; i < n; ++i) {
+          heads[i].k_base = k_rows.data();
+          heads[i].v_base = v_rows.data();
+          heads[i].slot_stride = hd;
+          heads[i].table = identity.data();
+        }
       }
       if (hd == 64) {
         AttendHeads64(heads, n);

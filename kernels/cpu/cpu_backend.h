@@ -38,6 +38,12 @@ class CpuBackend final : public Backend {
   absl::StatusOr<std::unique_ptr<Weight>> LoadWeight(const QuantMatrix& host) override;
   absl::StatusOr<std::unique_ptr<DeviceBuffer>> Allocate(int64_t n_floats) override;
   absl::Status AllocateKvCache(const KvLayout& layout) override;
+  // f16 (half the bytes a decode step reads) on CPUs with AVX-512, whose attention kernels
+  // convert the rows as they load them; f32 elsewhere (an f16 cache works there too, through a
+  // conversion pass) and for an exact_matmul backend, whose purpose is to follow a float64
+  // reference tightly.
+  KvType PreferredKvType() const override { return PreferredKvTypeFor(exact_matmul_); }
+  static KvType PreferredKvTypeFor(bool exact_matmul);
   absl::Status CopyToHost(const float* device, int64_t n_floats, float* host) override;
   absl::Status CopyToDevice(const float* host, int64_t n_floats, float* device) override;
 
@@ -58,11 +64,13 @@ class CpuBackend final : public Backend {
                          const AttentionBatch& batch, float* out) override;
 
  private:
-  float* KvSlot(int layer, int kv, int64_t slot) {
-    const int64_t token_floats = int64_t{kv_layout_.n_kv_heads} * kv_layout_.head_dim;
-    const int64_t per_kv = kv_layout_.n_blocks * kv_layout_.block_tokens * token_floats;
-    return reinterpret_cast<float*>(kv_->data()) + (int64_t{layer} * 2 + kv) * per_kv +
-           slot * token_floats;
+  // The cache row (n_kv_heads * head_dim elements of kv_layout_.type) of K (kv = 0) or V
+  // (kv = 1) of `layer` at `slot`.
+  uint8_t* KvSlot(int layer, int kv, int64_t slot) {
+    const int64_t row = int64_t{kv_layout_.n_kv_heads} * kv_layout_.head_dim;
+    const int64_t per_kv = kv_layout_.n_blocks * kv_layout_.block_tokens * row;
+    return kv_->data() +
+           ((int64_t{layer} * 2 + kv) * per_kv + slot * row) * KvTypeBytes(kv_layout_.type);
   }
 
   absl::Status ExactMatMul(const QuantMatrix& w, const float* x, int64_t n_tokens, float* y);
@@ -80,7 +88,7 @@ class CpuBackend final : public Backend {
   HugePageArena weight_memory_;  // the weights' copies (each weight keeps its mapping alive)
   MatMulScratch scratch_;
   KvLayout kv_layout_;
-  // (n_layers, 2, n_blocks * block_tokens, n_kv_heads, head_dim) floats
+  // (n_layers, 2, n_blocks * block_tokens, n_kv_heads, head_dim) of kv_layout_.type
   std::shared_ptr<HugePageMapping> kv_;
   std::vector<float> rope_cache_;
   RopeParams rope_cache_params_;

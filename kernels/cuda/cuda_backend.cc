@@ -326,6 +326,10 @@ absl::Status CudaBackend::AllocateKvCache(const KvLayout& layout) {
       layout.block_tokens <= 0 || layout.n_blocks <= 0) {
     return absl::InvalidArgumentError("KV cache layout has a non-positive dimension");
   }
+  if (layout.type != KvType::kF32) {
+    return absl::UnimplementedError(absl::StrCat("the CUDA backend keeps its KV cache in f32, not ",
+                                                 KvTypeName(layout.type)));
+  }
   if (layout.head_dim > cuda::kMaxHeadDim) {
     return absl::UnimplementedError(absl::StrCat("the CUDA attention kernel supports head_dim <= ",
                                                  cuda::kMaxHeadDim, ", got ", layout.head_dim));

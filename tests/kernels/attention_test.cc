@@ -1,17 +1,23 @@
 // CpuBackend::Attention (kernels/cpu/cpu_backend.cc) on the paged KV cache: grouped-query
 // causal attention for head dims with a fixed-size path (64, 128) and the generic one (40),
-// against a float64 reference computed here from the same K/V; two sequences with scattered
-// block tables, a prefill step then a decode step. And batch invariance: a sequence's outputs
-// are the same bits when it runs alone, in other blocks of the cache.
+// with an f32 and an f16 cache, against a float64 reference computed here from the same K/V
+// (rounded to binary16 by fp16.h's reference conversion for the f16 cache); two sequences with
+// scattered block tables, a prefill step then a decode step. Batch invariance: a sequence's
+// outputs are the same bits when it runs alone, in other blocks of the cache. And the f16
+// cache's kernels (which convert rows as they load them, or through a conversion pass for
+// other head dims and CPUs) give the same bits as the f32 cache holding the rounded K/V.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/fp16_rows.h"
+#include "kernels/quant/fp16.h"
 
 namespace tessera {
 namespace {
@@ -37,9 +43,12 @@ std::vector<float> Normal(int n, std::mt19937* rng) {
   return x;
 }
 
-// Runs one step on `backend` (layer 0) and returns out (n_tokens, kHeads * hd).
+float RoundedToFp16(float x) { return Fp16ToFloat(FloatToFp16(x)); }
+
+// Runs one step on `backend` (layer 0) and returns out (n_tokens, kHeads * hd). With
+// `round_kv`, k and v go in rounded to binary16.
 std::vector<float> RunStep(CpuBackend* backend, const std::vector<Seq>& seqs,
-                           const std::vector<Token>& tokens, int hd) {
+                           const std::vector<Token>& tokens, int hd, bool round_kv = false) {
   AttentionBatch ab;
   std::vector<float> q, k, v;
   for (const Seq& s : seqs) ab.block_table.push_back(s.table);
@@ -52,6 +61,10 @@ std::vector<float> RunStep(CpuBackend* backend, const std::vector<Seq>& seqs,
     q.insert(q.end(), t.q.begin(), t.q.end());
     k.insert(k.end(), t.k.begin(), t.k.end());
     v.insert(v.end(), t.v.begin(), t.v.end());
+  }
+  if (round_kv) {
+    for (float& e : k) e = RoundedToFp16(e);
+    for (float& e : v) e = RoundedToFp16(e);
   }
   std::vector<float> out(tokens.size() * kHeads * hd, std::nanf(""));
   const absl::Status st = backend->Attention(0, q.data(), k.data(), v.data(), kHeads, ab, out.data());
@@ -82,10 +95,11 @@ std::vector<double> Reference(const Seq& s, const Token& t, int hd) {
   return out;
 }
 
-class AttentionTest : public testing::TestWithParam<int> {};
+class AttentionTest : public testing::TestWithParam<std::tuple<int, KvType>> {};
 
 TEST_P(AttentionTest, MatchesFloat64AndIsTheSameBitsAlone) {
-  const int hd = GetParam();
+  const auto [hd, type] = GetParam();
+  const bool f16 = type == KvType::kF16;
   std::mt19937 rng(77 + hd);
   KvLayout layout;
   layout.n_layers = 1;
@@ -93,9 +107,13 @@ TEST_P(AttentionTest, MatchesFloat64AndIsTheSameBitsAlone) {
   layout.head_dim = hd;
   layout.block_tokens = kBlockTokens;
   layout.n_blocks = kBlocks;
-  CpuBackend batched(2), alone(3);
+  layout.type = type;
+  CpuBackend batched(2), alone(3), f32_rounded(2);
   ASSERT_TRUE(batched.AllocateKvCache(layout).ok());
   ASSERT_TRUE(alone.AllocateKvCache(layout).ok());
+  KvLayout f32_layout = layout;
+  f32_layout.type = KvType::kF32;
+  ASSERT_TRUE(f32_rounded.AllocateKvCache(f32_layout).ok());
 
   std::vector<Seq> seqs(2);
   seqs[0].table = {5, 2, 9};
@@ -108,8 +126,14 @@ TEST_P(AttentionTest, MatchesFloat64AndIsTheSameBitsAlone) {
     if (pos % 7 == 3) {  // a large key: scores far apart, softmax nearly one-hot
       for (float& e : t.k) e *= 8.0f;
     }
-    seqs[seq].k.push_back(t.k);
-    seqs[seq].v.push_back(t.v);
+    // What the cache holds (the reference's K/V).
+    std::vector<float> k = t.k, v = t.v;
+    if (f16) {
+      for (float& e : k) e = RoundedToFp16(e);
+      for (float& e : v) e = RoundedToFp16(e);
+    }
+    seqs[seq].k.push_back(k);
+    seqs[seq].v.push_back(v);
     return t;
   };
   // Step 1: prefill 20 tokens of sequence 0 and 10 of sequence 1; step 2: one decode each.
@@ -121,6 +145,11 @@ TEST_P(AttentionTest, MatchesFloat64AndIsTheSameBitsAlone) {
 
   for (const std::vector<Token>& step : steps) {
     const std::vector<float> out = RunStep(&batched, seqs, step, hd);
+    if (f16) {
+      const std::vector<float> rounded = RunStep(&f32_rounded, seqs, step, hd, /*round_kv=*/true);
+      ASSERT_EQ(std::memcmp(out.data(), rounded.data(), out.size() * sizeof(float)), 0)
+          << "hd " << hd << ": the f16 cache differs from an f32 cache of the rounded K/V";
+    }
     std::vector<Token> mine;
     for (const Token& t : step) {
       if (t.seq == 1) mine.push_back(Token{0, t.pos, t.q, t.k, t.v});
@@ -146,10 +175,52 @@ TEST_P(AttentionTest, MatchesFloat64AndIsTheSameBitsAlone) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(HeadDims, AttentionTest, testing::Values(64, 128, 40),
-                         [](const testing::TestParamInfo<int>& info) {
-                           return "hd" + std::to_string(info.param);
+INSTANTIATE_TEST_SUITE_P(HeadDimsAndCacheTypes, AttentionTest,
+                         testing::Combine(testing::Values(64, 128, 40),
+                                          testing::Values(KvType::kF32, KvType::kF16)),
+                         [](const testing::TestParamInfo<std::tuple<int, KvType>>& info) {
+                           return "hd" + std::to_string(std::get<0>(info.param)) + "_" +
+                                  KvTypeName(std::get<1>(info.param));
                          });
+
+// The binary16 row conversions (F16C where the CPU has it) against fp16.h's scalar reference:
+// every one of the 65536 bit patterns to float, and floats around every rounding boundary,
+// subnormals, overflow and NaN back, in lengths that leave tails of 0..7.
+TEST(Fp16RowsTest, MatchTheScalarConversionsBitForBit) {
+  std::vector<uint16_t> all(65536);
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint16_t>(i);
+  std::vector<float> got(all.size());
+  Fp16ToFloats(all.data(), static_cast<int64_t>(all.size()), got.data());
+  for (size_t i = 0; i < all.size(); ++i) {
+    const float want = Fp16ToFloat(all[i]);
+    ASSERT_TRUE(std::memcmp(&got[i], &want, 4) == 0 || (std::isnan(want) && std::isnan(got[i])))
+        << std::hex << i;
+  }
+  std::mt19937 rng(5);
+  std::vector<float> in;
+  for (uint32_t h = 0; h < 0x7c00; h += 7) {  // each finite half, its neighbours' midpoints
+    const float x = Fp16ToFloat(static_cast<uint16_t>(h)), y = Fp16ToFloat(static_cast<uint16_t>(h + 1));
+    in.insert(in.end(), {x, -x, (x + y) / 2, std::nextafter((x + y) / 2, 0.0f),
+                         std::nextafter((x + y) / 2, 1e9f)});
+  }
+  in.insert(in.end(), {65519.0f, 65520.0f, 1e30f, -1e30f, INFINITY, -INFINITY, 1e-10f, 0.0f,
+                       -0.0f, std::nanf("")});
+  for (int len : {1, 7, 8, 13}) {
+    for (size_t start = 0; start + len <= in.size(); start += 97) {
+      std::vector<uint16_t> h(static_cast<size_t>(len));
+      FloatsToFp16(in.data() + start, len, h.data());
+      for (int i = 0; i < len; ++i) {
+        const float x = in[start + i];
+        if (std::isnan(x)) {
+          EXPECT_EQ(h[i] & 0x7c00, 0x7c00);
+          EXPECT_NE(h[i] & 0x3ff, 0);
+        } else {
+          ASSERT_EQ(h[i], FloatToFp16(x)) << x;
+        }
+      }
+    }
+  }
+}
 
 }  // namespace
 }  // namespace tessera

@@ -105,8 +105,9 @@ TEST(Engine, ChunkedPrefillEqualsOneShotPrefill) {
 TEST(Engine, FullKvCacheIsRefusedAndChangesNothing) {
   auto w = TinyWeights();
   CpuBackend backend(1);
-  // One block = 2 (K, V) * 2 layers * 4 tokens * 2 heads * 16 dims * 4 bytes = 2048 bytes.
-  auto e = MakeEngine(*w, &backend, 3 * 2048);
+  // One block = 2 (K, V) * 2 layers * 4 tokens * 2 heads * 16 dims * (4 or 2) bytes.
+  const int64_t block_bytes = 2 * 2 * 4 * 2 * 16 * KvTypeBytes(backend.PreferredKvType());
+  auto e = MakeEngine(*w, &backend, 3 * block_bytes);
   ASSERT_EQ(e->kv().n_blocks(), 3);
   std::vector<float> logits;
   ASSERT_TRUE(e->Step({{1, std::vector<int32_t>(10, 5), true}}, &logits).ok());  // 3 blocks

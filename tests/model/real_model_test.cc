@@ -12,8 +12,10 @@
 // makes them independent of thread count and batch composition, and the same on the scalar,
 // AVX2 and AVX-512 kernels). A change of these ids means the numerics of the forward pass or
 // the tokenizer changed: re-derive them against the reference, don't just paste new ones.
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,9 +50,11 @@ class RealModelTest : public ::testing::Test {
   void SetUp() override {
     if (model_ == nullptr) GTEST_SKIP() << "TESSERA_TEST_MODEL does not name the real model";
   }
-  std::unique_ptr<Engine> MakeEngine(Backend* backend) {
+  std::unique_ptr<Engine> MakeEngine(Backend* backend,
+                                     std::optional<KvType> kv_type = std::nullopt) {
     EngineOptions o;
     o.kv_budget_bytes = 64 << 20;
+    o.kv_type = kv_type;
     auto e = Engine::Create(*model_->weights, ModelShard::Whole(model_->weights->config()),
                             backend, nullptr, o);
     EXPECT_TRUE(e.ok()) << e.status();
@@ -98,9 +102,13 @@ const Golden kGoldens[] = {
       7463, 18, 284, 1041, 761, 253, 1035, 1767, 970, 282, 1625, 701, 5587, 30, 198, 198}},
 };
 
+// The goldens were derived with the f32 KV cache (see the top of the file); the f16 cache that
+// CPUs with AVX-512 use by default rounds K and V, which moves near-ties (the first goldens
+// differ from position 5 on), so it is checked against the float64 reference in
+// tests/python/test_engine_reference.py instead.
 TEST_F(RealModelTest, GreedyTokensMatchGoldens) {
   CpuBackend backend(2);
-  auto engine = MakeEngine(&backend);
+  auto engine = MakeEngine(&backend, KvType::kF32);
   for (const Golden& g : kGoldens) {
     const std::vector<int32_t> got = Greedy(engine.get(), Encode(g.prompt), 32);
     std::string printed;

@@ -2,6 +2,7 @@
 // compare the forward pass with an independent numpy reference.
 //
 //   engine_tool MODEL.gguf OUT.f32 IDS [--chunk N] [--threads T] [--exact 1]
+//               [--kv-type f16|f32] (default: the backend's preference)
 //
 // IDS is a comma-separated list of token ids; the prompt is run in chunks of N tokens (default:
 // all at once) and OUT.f32 receives the logits after every token of the prompt, (n, vocab)
@@ -29,7 +30,12 @@ int Fail(const std::string& msg) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 4) return Fail("usage: engine_tool MODEL.gguf OUT.f32 IDS [--chunk N] [--threads T] [--exact 1]");
+  if (argc < 4) {
+    return Fail(
+        "usage: engine_tool MODEL.gguf OUT.f32 IDS [--chunk N] [--threads T] [--exact 1] "
+        "[--kv-type f16|f32]");
+  }
+  tessera::EngineOptions options;
   int64_t chunk = 0;
   int threads = 2;
   bool exact = false;
@@ -37,6 +43,10 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--chunk")) chunk = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--exact")) exact = std::atoi(argv[i + 1]) != 0;
     else if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--kv-type") && !std::strcmp(argv[i + 1], "f16"))
+      options.kv_type = tessera::KvType::kF16;
+    else if (!std::strcmp(argv[i], "--kv-type") && !std::strcmp(argv[i + 1], "f32"))
+      options.kv_type = tessera::KvType::kF32;
     else return Fail(std::string("unknown option ") + argv[i]);
   }
   std::vector<int32_t> ids;
@@ -51,7 +61,7 @@ int main(int argc, char** argv) {
   if (!weights.ok()) return Fail(weights.status().ToString());
   tessera::CpuBackend backend(threads, exact);
   auto engine = tessera::Engine::Create(**weights, tessera::ModelShard::Whole((*weights)->config()),
-                                        &backend, nullptr, tessera::EngineOptions());
+                                        &backend, nullptr, options);
   if (!engine.ok()) return Fail(engine.status().ToString());
   const int64_t n_vocab = (*engine)->config().n_vocab;
   if (chunk <= 0) chunk = static_cast<int64_t>(ids.size());

@@ -32,6 +32,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "model/engine.h"
+#include "worker/backend_factory.h"
 #include "model/kv_cache.h"
 #include "model/weights.h"
 #include "tessera/v1/worker.grpc.pb.h"
@@ -251,7 +252,8 @@ std::string FileIdentity(const std::string &path) {
 // KvLayout).
 int64_t KvBlockBytes(const v1::Shard &s) {
   return 2 * int64_t{s.layer_end() - s.layer_begin()} * kBlockTokens *
-         (s.kv_head_end() - s.kv_head_begin()) * Config().head_dim * 4;
+         (s.kv_head_end() - s.kv_head_begin()) * Config().head_dim *
+         KvTypeBytes(PreferredKvType("cpu"));
 }
 
 uint64_t next_assignment_id = 100;

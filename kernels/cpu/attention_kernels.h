@@ -1,0 +1,176 @@
+// The CPU backend's attention kernels, as templates: one query head's causal attention over
+// its sequence's paged K/V (AttendHeadBody, any head_dim, float cache) and several query heads
+// of one KV head at once for head dims 64 and 128 (AttendHeadsFixed, float or binary16 cache:
+// T = float or uint16_t). Internal linkage on purpose, like simd_x86.h: cpu_backend.cc
+// instantiates them in target_clones functions, attention_f16_avx512.cc with its own flags.
+#ifndef TESSERA_KERNELS_CPU_ATTENTION_KERNELS_H_
+#define TESSERA_KERNELS_CPU_ATTENTION_KERNELS_H_
+
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+namespace tessera {
+
+// One query head's work: T is the cache's element type (float, or uint16_t binary16 bits).
+template <typename T>
+struct HeadAttentionOf {
+  const float* q;        // (head_dim) this query head
+  const T* k_base;       // K of slot 0 for this KV head; slot s at k_base + s * slot_stride
+  const T* v_base;       // likewise for V
+  int64_t slot_stride;   // elements between consecutive slots
+  const int32_t* table;  // the sequence's block table
+  int block_tokens;
+  int ctx;               // attend to positions [0, ctx)
+  int head_dim;
+  float scale;           // 1 / sqrt(head_dim)
+  float* scores;         // (ctx * heads) scratch
+  float* out;            // (head_dim)
+};
+using HeadAttention = HeadAttentionOf<float>;
+using HeadAttentionF16 = HeadAttentionOf<uint16_t>;
+
+// Up to this many heads of one KV head per call, for head dims 64 and 128 (what fits the
+// registers: N * HD / 16 output vectors).
+inline constexpr int kMaxHeads64 = 4, kMaxHeads128 = 2;
+
+// AttendHeadsFixed<64 or 128, n> over a[0 .. n) of an f16 cache, n <= kMaxHeads64/128
+// (attention_f16_avx512.cc; only on CPUs with AVX-512).
+void AttendHeadsF16Avx512(const HeadAttentionF16* a, int n);
+
+namespace {  // NOLINT(build/namespaces): see the top of the file
+
+// The dot product keeps 16 independent partial sums combined in a fixed order, so it vectorises
+// without the compiler reassociating anything: the result does not depend on pointer alignment,
+// which keeps a sequence's numbers the same whichever batch it runs in.
+constexpr int kLanes = 16;
+
+inline __attribute__((always_inline)) float Dot(const float* a, const float* b, int n) {
+  float acc[kLanes] = {};
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  for (int j = 0; i < n; ++i, ++j) acc[j] += a[i] * b[i];
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
+  }
+  return acc[0];
+}
+
+inline __attribute__((always_inline)) void AttendHeadBody(const HeadAttention& a) {
+  const int hd = a.head_dim;
+  auto slot = [&](int p) {
+    return int64_t{a.table[p / a.block_tokens]} * a.block_tokens + p % a.block_tokens;
+  };
+  float max_score = -std::numeric_limits<float>::infinity();
+  for (int p = 0; p < a.ctx; ++p) {
+    a.scores[p] = Dot(a.q, a.k_base + slot(p) * a.slot_stride, hd) * a.scale;
+    max_score = std::max(max_score, a.scores[p]);
+  }
+  float denom = 0.0f;
+  for (int p = 0; p < a.ctx; ++p) {
+    a.scores[p] = std::exp(a.scores[p] - max_score);
+    denom += a.scores[p];
+  }
+  std::fill(a.out, a.out + hd, 0.0f);
+  for (int p = 0; p < a.ctx; ++p) {
+    const float w = a.scores[p] / denom;
+    const float* v = a.v_base + slot(p) * a.slot_stride;
+#pragma omp simd
+    for (int i = 0; i < hd; ++i) a.out[i] += w * v[i];
+  }
+}
+
+// AttendHead for a head_dim known at compile time (64: SmolLM2, Llama 3.2 1B/3B; 128: Llama 3
+// 8B..405B), with the same arithmetic in the same order, so the same bits: each score is Dot's
+// 16 lanes (starting at +0, one product per element, elements i and i + 16 k in lane i mod 16)
+// reduced by the same tree (lanes j + 8, then j + 4, j + 2, j + 1), and the output accumulates
+// w * v position by position from +0. What changes is only where values live: the query and
+// the output in vector registers for the whole context instead of memory on every position.
+typedef float V16 __attribute__((vector_size(64)));
+typedef float V8 __attribute__((vector_size(32)));
+typedef float V4 __attribute__((vector_size(16)));
+
+// (By pointer, not by value: a vector return type would change the ABI of the non-AVX-512
+// clones.)
+inline __attribute__((always_inline)) void Load16(const float* p, V16* v) {
+  std::memcpy(v, p, sizeof *v);
+}
+#ifdef __F16C__
+// 16 binary16 cache elements as floats (exact), for the f16 KV cache's kernels, which are
+// compiled with F16C (attention_f16_avx512.cc).
+inline __attribute__((always_inline)) void Load16(const uint16_t* p, V16* v) {
+  const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  std::memcpy(v, &f, sizeof *v);
+}
+#endif
+
+// N query heads of one KV head (a[0 .. N): same K/V, table and context; own q, scores, out)
+// at once: each K and V row is loaded once for all of them, and the N heads' output sums are
+// independent chains (one head alone waits on the latency of every add). Per head, the
+// operations and their order are exactly those of AttendHead.
+template <int HD, int N, typename T>
+inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionOf<T>* a) {
+  static_assert(HD % kLanes == 0, "whole vectors");
+  constexpr int kV = HD / kLanes;
+  const HeadAttentionOf<T>& a0 = a[0];
+  auto slot = [&](int p) {
+    return int64_t{a0.table[p / a0.block_tokens]} * a0.block_tokens + p % a0.block_tokens;
+  };
+  V16 q[N][kV];
+  float max_score[N];
+  for (int n = 0; n < N; ++n) {
+    for (int c = 0; c < kV; ++c) Load16(a[n].q + kLanes * c, &q[n][c]);
+    max_score[n] = -std::numeric_limits<float>::infinity();
+  }
+  for (int p = 0; p < a0.ctx; ++p) {
+    const T* k = a0.k_base + slot(p) * a0.slot_stride;
+    V16 kc[kV];
+    for (int c = 0; c < kV; ++c) Load16(k + kLanes * c, &kc[c]);
+    for (int n = 0; n < N; ++n) {
+      V16 acc = {};
+      for (int c = 0; c < kV; ++c) acc += q[n][c] * kc[c];
+      const V8 h = __builtin_shufflevector(acc, acc, 0, 1, 2, 3, 4, 5, 6, 7) +
+                   __builtin_shufflevector(acc, acc, 8, 9, 10, 11, 12, 13, 14, 15);
+      const V4 f =
+          __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+      const float score = ((f[0] + f[2]) + (f[1] + f[3])) * a0.scale;
+      a[n].scores[p] = score;
+      max_score[n] = std::max(max_score[n], score);
+    }
+  }
+  float denom[N];
+  for (int n = 0; n < N; ++n) {
+    denom[n] = 0.0f;
+    for (int p = 0; p < a0.ctx; ++p) {
+      a[n].scores[p] = std::exp(a[n].scores[p] - max_score[n]);
+      denom[n] += a[n].scores[p];
+    }
+  }
+  V16 out[N][kV] = {};
+  for (int p = 0; p < a0.ctx; ++p) {
+    const T* v = a0.v_base + slot(p) * a0.slot_stride;
+    V16 vc[kV];
+    for (int c = 0; c < kV; ++c) Load16(v + kLanes * c, &vc[c]);
+    for (int n = 0; n < N; ++n) {
+      const float w = a[n].scores[p] / denom[n];
+      for (int c = 0; c < kV; ++c) out[n][c] += w * vc[c];
+    }
+  }
+  for (int n = 0; n < N; ++n) {
+    for (int c = 0; c < kV; ++c) std::memcpy(a[n].out + kLanes * c, &out[n][c], sizeof(V16));
+  }
+}
+
+}  // namespace
+}  // namespace tessera
+
+#endif  // TESSERA_KERNELS_CPU_ATTENTION_KERNELS_H_
