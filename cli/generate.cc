@@ -106,11 +106,11 @@ absl::Status Run(const GenerateOptions& o) {
   const int64_t n = static_cast<int64_t>(r.tokens.size());
   std::fprintf(stderr,
                "\nprompt tokens %lld, generated tokens %lld (finish: %s), seed %llu\n"
-               "time to first token %.1f ms, decode %.1f tokens/s (%s)\n",
+               "time to first token %.1f ms, decode %.1f tokens/s (%s, KV cache %s)\n",
                static_cast<long long>(r.prompt_tokens), static_cast<long long>(n),
                r.finish_reason.c_str(), static_cast<unsigned long long>(s.seed),
                r.time_to_first_token_s * 1e3, n > 1 ? (n - 1) / r.decode_s : 0.0,
-               backend.name().c_str());
+               backend.name().c_str(), KvTypeName(engine->model().kv_type()));
   return absl::OkStatus();
 }
 
