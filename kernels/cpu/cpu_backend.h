@@ -3,8 +3,10 @@
 // a page walk every 4 KiB), and Q4_0 / Q4_1 matrices on CPUs with AVX-512 VNNI into the
 // interleaved layout (kernels/quant/interleave.h), whose batch-1 kernels keep up with memory
 // where the GGUF layout's do not; the mmap's pages are then left to the page cache. Where the
-// kernel offers no transparent huge pages, only the interleaved copies are made. Matmuls use the fused quantized kernels of kernels/cpu/matmul.h; the
-// other ops are plain loops split across the same thread pool.
+// kernel offers no transparent huge pages, only the interleaved copies are made. Matmuls use
+// the fused quantized kernels of kernels/cpu/matmul.h; attention those of attention_kernels.h
+// over a paged KV cache of f32 or f16 (PreferredKvType); the other ops are plain loops split
+// across the same thread pool.
 //
 // Thread-safety: one engine thread at a time (the pool is not re-entrant).
 #ifndef TESSERA_KERNELS_CPU_CPU_BACKEND_H_

@@ -198,7 +198,8 @@ void DecodeAmxGroup(const uint8_t* w, int64_t w_stride, int mr, int next_rows, i
   }
   if (kInPlace && mr < kRows) {
     for (int r = mr; r < kRows; ++r) {
-      rows[r].codes = reinterpret_cast<const int8_t*>(dec + r * dec_bytes + offsetof(BlockQ8_0, qs));
+      rows[r].codes =
+          reinterpret_cast<const int8_t*>(dec + r * dec_bytes + offsetof(BlockQ8_0, qs));
     }
   }
 }

@@ -23,6 +23,10 @@ bool TransparentHugePagesAvailable() {
 
 absl::StatusOr<std::shared_ptr<HugePageMapping>> HugePageMapping::Create(int64_t bytes) {
   if (bytes <= 0) return absl::InvalidArgumentError("huge-page mapping of no bytes");
+  if (bytes > (int64_t{1} << 62)) {  // no machine has it, and the rounding below would overflow
+    return absl::ResourceExhaustedError(
+        absl::StrCat("out of memory: cannot map ", bytes, " bytes"));
+  }
   const int64_t size = (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
   // Map one huge page more than needed and trim both ends to a 2 MiB aligned range: mmap only
   // promises 4 KiB alignment, and a huge page needs its 2 MiB aligned virtual range.
@@ -34,7 +38,8 @@ absl::StatusOr<std::shared_ptr<HugePageMapping>> HugePageMapping::Create(int64_t
   }
   auto* base = static_cast<uint8_t*>(raw);
   const uintptr_t addr = reinterpret_cast<uintptr_t>(base);
-  const uintptr_t aligned = (addr + kHugePageBytes - 1) & ~static_cast<uintptr_t>(kHugePageBytes - 1);
+  const auto align = static_cast<uintptr_t>(kHugePageBytes);
+  const uintptr_t aligned = (addr + align - 1) & ~(align - 1);
   auto* data = reinterpret_cast<uint8_t*>(aligned);
   if (data > base) munmap(base, static_cast<size_t>(data - base));
   uint8_t* end = data + size;

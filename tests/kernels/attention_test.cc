@@ -199,7 +199,8 @@ TEST(Fp16RowsTest, MatchTheScalarConversionsBitForBit) {
   std::mt19937 rng(5);
   std::vector<float> in;
   for (uint32_t h = 0; h < 0x7c00; h += 7) {  // each finite half, its neighbours' midpoints
-    const float x = Fp16ToFloat(static_cast<uint16_t>(h)), y = Fp16ToFloat(static_cast<uint16_t>(h + 1));
+    const float x = Fp16ToFloat(static_cast<uint16_t>(h));
+    const float y = Fp16ToFloat(static_cast<uint16_t>(h + 1));
     in.insert(in.end(), {x, -x, (x + y) / 2, std::nextafter((x + y) / 2, 0.0f),
                          std::nextafter((x + y) / 2, 1e9f)});
   }

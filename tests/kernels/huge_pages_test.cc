@@ -38,6 +38,8 @@ TEST(HugePageMappingTest, BadSizesAreErrorsNamingTheSize) {
   EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(huge.status().message().find("1152921504606846976 bytes"), std::string::npos)
       << huge.status();
+  EXPECT_EQ(HugePageMapping::Create(INT64_MAX).status().code(),
+            absl::StatusCode::kResourceExhausted);
   HugePageArena arena;
   EXPECT_EQ(arena.Allocate(-1).status().code(), absl::StatusCode::kInvalidArgument);
 }
