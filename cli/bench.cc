@@ -154,13 +154,14 @@ absl::StatusOr<BenchFigures> Measure(const WeightSource& weights, Backend* backe
   const double decode_s = Seconds(start);
 
   // Bytes read per decode step: every weight once, plus each sequence's K and V so far
-  // (float32, at the average context of the run).
+  // (in the cache's type, at the average context of the run).
   BenchFigures f;
   f.weight_bytes = static_cast<double>(engine->model().weight_bytes());
   f.kv_type = engine->model().kv_type();
   const double avg_ctx = prompt + tokens / 2.0;
   const double kv_bytes =
-      batch * avg_ctx * 2.0 * c.n_layers * c.kv_dim() * static_cast<double>(sizeof(float));
+      batch * avg_ctx * 2.0 * c.n_layers * c.kv_dim() *
+      static_cast<double>(KvTypeBytes(f.kv_type));
   f.roofline_tps = batch * bandwidth / (f.weight_bytes + kv_bytes);
   f.decode_tps = batch * tokens / decode_s;
   f.prefill_tps = batch * prompt / prefill_s;
@@ -194,16 +195,18 @@ absl::Status RunCudaBench(const BenchOptions& o, const WeightSource& weights) {
   std::printf("backend          %s\n", backend->name().c_str());
   std::printf("copy bandwidth   %.1f GB/s (device-to-device cudaMemcpy of 1 GiB, read + write)\n",
               bandwidth / 1e9);
-  std::printf("%-6s %14s %14s %14s %9s  (prefill %lld tokens per sequence, %lld decode steps)\n",
-              "batch", "prefill tok/s", "decode tok/s", "roofline", "% roof",
+  std::printf("%-6s %14s %14s %10s %14s %9s  (prefill %lld tokens per sequence, %lld decode "
+              "steps)\n",
+              "batch", "prefill tok/s", "decode tok/s", "ms/step", "roofline", "% roof",
               static_cast<long long>(prompt), static_cast<long long>(o.tokens));
   for (const int64_t batch : batches) {
     // A fresh engine per batch size (its KV cache sized for it; weights uploaded again).
     TESSERA_ASSIGN_OR_RETURN(
         BenchFigures f,
         Measure(weights, backend.get(), batch, prompt, o.tokens, kv_type, bandwidth));
-    std::printf("%-6lld %14.1f %14.1f %14.1f %8.0f%%\n", static_cast<long long>(batch),
-                f.prefill_tps, f.decode_tps, f.roofline_tps, 100.0 * f.decode_tps / f.roofline_tps);
+    std::printf("%-6lld %14.1f %14.1f %10.3f %14.1f %8.0f%%\n", static_cast<long long>(batch),
+                f.prefill_tps, f.decode_tps, 1e3 * batch / f.decode_tps, f.roofline_tps,
+                100.0 * f.decode_tps / f.roofline_tps);
     std::fflush(stdout);
   }
   TESSERA_ASSIGN_OR_RETURN(VramUsage vram, backend->Vram());

@@ -123,6 +123,7 @@ absl::Status CudaBackend::Init() {
   TESSERA_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device_));
   device_name_ = prop.name;
   sm_ = prop.major * 10 + prop.minor;
+  sm_count_ = prop.multiProcessorCount;
   total_bytes_ = static_cast<int64_t>(prop.totalGlobalMem);
   cudaStream_t stream = nullptr;
   TESSERA_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -138,8 +139,8 @@ absl::Status CudaBackend::Init() {
 CudaBackend::~CudaBackend() {
   if (Activate().ok() && stream_ != nullptr) cudaStreamSynchronize(stream_);
   kv_.reset();
-  for (Scratch* s : {&ids_, &rows_, &positions_, &freqs_, &slots_, &attn_meta_, &gemm_w_,
-                     &gemm_x_}) {
+  for (Scratch* s : {&ids_, &rows_, &positions_, &freqs_, &slots_, &attn_meta_, &attn_partials_,
+                     &gemm_w_, &gemm_x_}) {
     s->block.reset();
   }
   if (cublas_ != nullptr) (*cuda::Cublas())->destroy(cublas_);  // loaded: cublas_ exists
@@ -491,6 +492,7 @@ absl::Status CudaBackend::Attention(int layer, const float* q, const float* k, c
     return absl::InvalidArgumentError("attention: batch vectors differ in length");
   }
   const int64_t n_slots = L.n_blocks * L.block_tokens;
+  int max_ctx = 0;
   for (int64_t t = 0; t < n_tokens; ++t) {
     const int64_t slot = batch.slot_of_token[t];
     if (slot < 0 || slot >= n_slots) {
@@ -505,6 +507,7 @@ absl::Status CudaBackend::Attention(int layer, const float* q, const float* k, c
           "attention: token ", t, " at position ", batch.position[t],
           " is not covered by its sequence's block table"));
     }
+    max_ctx = std::max(max_ctx, batch.position[t] + 1);
   }
   for (const std::vector<int32_t>& table : batch.block_table) {
     for (const int32_t b : table) {
@@ -555,6 +558,15 @@ absl::Status CudaBackend::Attention(int layer, const float* q, const float* k, c
   a.n_kv_heads = L.n_kv_heads;
   a.head_dim = L.head_dim;
   a.block_tokens = L.block_tokens;
+  const cuda::AttentionPlan plan =
+      cuda::PlanAttention(n_tokens, n_heads, L.n_kv_heads, L.head_dim, max_ctx, sm_count_);
+  if (plan.workspace_floats > 0) {
+    TESSERA_ASSIGN_OR_RETURN(void* partials,
+                             EnsureScratch(&attn_partials_, plan.workspace_floats * 4));
+    a.partials = static_cast<float*>(partials);
+    a.n_chunks = plan.n_chunks;
+    a.chunk_len = plan.chunk_len;
+  }
   TESSERA_CUDA_RETURN_IF_ERROR(cuda::LaunchAttention(a, stream_));
   return absl::OkStatus();
 }

@@ -112,6 +112,7 @@ class CudaBackend final : public Backend {
   cublasContext* cublas_ = nullptr;
   std::string device_name_;
   int sm_ = 0;
+  int sm_count_ = 0;  // multiprocessors
   int64_t total_bytes_ = 0;
 
   // Accounting (bytes), shared with the DeviceBlocks that decrement it when freed.
@@ -126,7 +127,7 @@ class CudaBackend final : public Backend {
   KvLayout kv_layout_;
   std::shared_ptr<DeviceBlock> kv_;
 
-  Scratch ids_, rows_, positions_, freqs_, slots_, attn_meta_, gemm_w_, gemm_x_;
+  Scratch ids_, rows_, positions_, freqs_, slots_, attn_meta_, attn_partials_, gemm_w_, gemm_x_;
   std::vector<uint8_t> last_positions_, last_freqs_, last_slots_, last_attn_meta_;
 };
 

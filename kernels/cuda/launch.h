@@ -71,11 +71,29 @@ struct AttentionArgs {
   int n_kv_heads = 0;
   int head_dim = 0;              // <= kMaxHeadDim
   int block_tokens = 0;
+  // Split of each token's context into chunks attended in parallel (PlanAttention), and the
+  // workspace for their partial results (AttentionPlan::workspace_floats).
+  int n_chunks = 1;
+  int chunk_len = 0;
+  float* partials = nullptr;
 };
 inline constexpr int kMaxHeadDim = 256;
 
-// Stores this step's K/V rows at their slots, then attends (online softmax, one thread block
-// per query head and token; used for decode and, as a first version, for prefill).
+// How LaunchAttention splits the work: head_dim a multiple of 32 takes the split-context
+// ("flash decoding") kernels, chunks of chunk_len positions attended by separate thread blocks
+// then merged; other head dims take a one-pass kernel that needs no workspace.
+struct AttentionPlan {
+  int n_chunks = 1;
+  int chunk_len = 0;
+  int64_t workspace_floats = 0;
+};
+// max_ctx: the longest context of the step's tokens (max position + 1); sm_count: the
+// device's multiprocessors (enough chunks are made to give each several blocks).
+AttentionPlan PlanAttention(int64_t n_tokens, int n_heads, int n_kv_heads, int head_dim,
+                            int max_ctx, int sm_count);
+
+// Stores this step's K/V rows at their slots, then attends (online softmax). `a` carries the
+// plan's n_chunks, chunk_len and a workspace of its workspace_floats.
 cudaError_t LaunchAttention(const AttentionArgs& a, cudaStream_t stream);
 
 }  // namespace tessera::cuda

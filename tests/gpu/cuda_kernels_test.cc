@@ -12,6 +12,7 @@
 //   fp16 GEMM path (> 16 tokens): 2e-3 S. Weights and x are rounded to fp16 (relative 2^-11
 //     each, so <= 1e-3 per product) before an fp32-accumulated product.
 //   embedding: bit-exact (the device applies the reference's operations in its order).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -147,10 +148,12 @@ TEST(CudaKernelsTest, EmbedIsBitExactWithReferenceDequantizer) {
   }
 }
 
-// Max |a - b| relative to max |b|.
+// Max |a - b| relative to max |b|; infinite if any element of `a` is not finite (an element
+// never written keeps the NaN the tests poison outputs with).
 double RelMaxError(const std::vector<float>& a, const std::vector<float>& b) {
   double err = 0, scale = 0;
   for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
     err = std::max(err, std::fabs(static_cast<double>(a[i]) - b[i]));
     scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
   }
@@ -240,63 +243,88 @@ TEST(CudaKernelsTest, RopePlainAndLlama3MatchCpuBackend) {
 
 // Two sequences with scattered block tables: a prefill step (several tokens each) then a decode
 // step; the paged attention of both backends is compared after each.
+// Sequences of the given lengths in a paged cache with scattered blocks: a prefill step of all
+// their tokens but the last (all sequences in one batch), then one decode step of the last
+// tokens, on both backends, for two layers; outputs must agree to fp32 rounding.
+void CheckAttention(CudaBackend* gpu, int n_heads, int n_kv_heads, int head_dim,
+                    const std::vector<int>& lengths, std::mt19937* rng) {
+  SCOPED_TRACE("heads " + std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) +
+               " head_dim " + std::to_string(head_dim));
+  CpuBackend cpu(2);
+  constexpr int kBlockTokens = 16;
+  KvLayout L;
+  L.n_layers = 2;
+  L.n_kv_heads = n_kv_heads;
+  L.head_dim = head_dim;
+  L.block_tokens = kBlockTokens;
+  std::vector<std::vector<int32_t>> tables;
+  int64_t n_blocks = 0;
+  for (int len : lengths) n_blocks += (len + kBlockTokens - 1) / kBlockTokens;
+  L.n_blocks = n_blocks + 3;
+  ASSERT_TRUE(cpu.AllocateKvCache(L).ok());
+  ASSERT_TRUE(gpu->AllocateKvCache(L).ok());
+  std::vector<int32_t> ids(static_cast<size_t>(L.n_blocks));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), *rng);
+  size_t next = 0;
+  for (int len : lengths) {
+    tables.emplace_back();
+    for (int b = 0; b < (len + kBlockTokens - 1) / kBlockTokens; ++b) tables.back().push_back(ids[next++]);
+  }
+  auto run_step = [&](const std::vector<std::pair<int, int>>& tokens /* seq, pos */) {
+    AttentionBatch ab;
+    ab.block_table = tables;
+    for (auto [seq, pos] : tokens) {
+      ab.seq_of_token.push_back(seq);
+      ab.position.push_back(pos);
+      ab.slot_of_token.push_back(int64_t{tables[seq][pos / kBlockTokens]} * kBlockTokens +
+                                 pos % kBlockTokens);
+    }
+    const int64_t T = static_cast<int64_t>(tokens.size());
+    const std::vector<float> q = RandomFloats(T * n_heads * head_dim, rng);
+    const std::vector<float> k = RandomFloats(T * n_kv_heads * head_dim, rng);
+    const std::vector<float> v = RandomFloats(T * n_kv_heads * head_dim, rng);
+    for (int layer = 0; layer < 2; ++layer) {
+      std::vector<float> want(q.size());
+      ASSERT_TRUE(cpu.Attention(layer, q.data(), k.data(), v.data(), n_heads, ab, want.data()).ok());
+      auto dq = ToDevice(gpu, q), dk = ToDevice(gpu, k), dv = ToDevice(gpu, v);
+      // Poisoned output: every element must be written.
+      auto dout = ToDevice(gpu, std::vector<float>(q.size(), std::nanf("")));
+      const absl::Status s =
+          gpu->Attention(layer, dq->data(), dk->data(), dv->data(), n_heads, ab, dout->data());
+      ASSERT_TRUE(s.ok()) << s;
+      // Softmax-weighted means of N(0,1) values: fp32 rounding only (different order).
+      EXPECT_LE(RelMaxError(ToHost(gpu, dout.get(), static_cast<int64_t>(q.size())), want), 1e-5)
+          << "layer " << layer << ", " << T << " tokens";
+    }
+  };
+  std::vector<std::pair<int, int>> prefill, decode;
+  for (int seq = 0; seq < static_cast<int>(lengths.size()); ++seq) {
+    for (int p = 0; p + 1 < lengths[seq]; ++p) prefill.push_back({seq, p});
+    decode.push_back({seq, lengths[seq] - 1});
+  }
+  run_step(prefill);
+  if (::testing::Test::HasFatalFailure()) return;
+  run_step(decode);
+}
+
 TEST(CudaKernelsTest, PagedAttentionMatchesCpuBackend) {
   TESSERA_SKIP_WITHOUT_GPU();
   auto gpu = OpenCuda();
   ASSERT_NE(gpu, nullptr);
-  CpuBackend cpu(2);
   std::mt19937 rng(16);
-  for (int head_dim : {16, 64, 128, 40}) {
-    SCOPED_TRACE("head_dim " + std::to_string(head_dim));
-    KvLayout L;
-    L.n_layers = 2;
-    L.n_kv_heads = 2;
-    L.head_dim = head_dim;
-    L.block_tokens = 4;
-    L.n_blocks = 64;
-    ASSERT_TRUE(cpu.AllocateKvCache(L).ok());
-    ASSERT_TRUE(gpu->AllocateKvCache(L).ok());
-    const int n_heads = 6;
-    // Sequence 0: 7 tokens, sequence 1: 150 tokens (several warps' tiles).
-    const std::vector<std::vector<int32_t>> tables = {
-        {9, 3, 60, 1}, [] {
-          std::vector<int32_t> t;
-          for (int32_t b = 10; b < 50; ++b) t.push_back(b % 2 ? 70 - b : b);
-          return t;
-        }()};
-    auto run_step = [&](const std::vector<std::pair<int, int>>& tokens /* seq, pos */) {
-      AttentionBatch ab;
-      ab.block_table = tables;
-      for (auto [seq, pos] : tokens) {
-        ab.seq_of_token.push_back(seq);
-        ab.position.push_back(pos);
-        ab.slot_of_token.push_back(int64_t{tables[seq][pos / 4]} * 4 + pos % 4);
-      }
-      const int64_t T = static_cast<int64_t>(tokens.size());
-      const std::vector<float> q = RandomFloats(T * n_heads * head_dim, &rng);
-      const std::vector<float> k = RandomFloats(T * L.n_kv_heads * head_dim, &rng);
-      const std::vector<float> v = RandomFloats(T * L.n_kv_heads * head_dim, &rng);
-      for (int layer = 0; layer < 2; ++layer) {
-        std::vector<float> want(q.size());
-        ASSERT_TRUE(cpu.Attention(layer, q.data(), k.data(), v.data(), n_heads, ab, want.data()).ok());
-        auto dq = ToDevice(gpu.get(), q), dk = ToDevice(gpu.get(), k), dv = ToDevice(gpu.get(), v);
-        auto dout = ToDevice(gpu.get(), std::vector<float>(q.size()));
-        const absl::Status s =
-            gpu->Attention(layer, dq->data(), dk->data(), dv->data(), n_heads, ab, dout->data());
-        ASSERT_TRUE(s.ok()) << s;
-        // Softmax-weighted means of N(0,1) values: fp32 rounding only (different order).
-        EXPECT_LE(RelMaxError(ToHost(gpu.get(), dout.get(), static_cast<int64_t>(q.size())), want),
-                  1e-5);
-      }
-    };
-    std::vector<std::pair<int, int>> prefill;
-    for (int p = 0; p < 6; ++p) prefill.push_back({0, p});
-    for (int p = 0; p < 149; ++p) prefill.push_back({1, p});
-    run_step(prefill);
-    if (HasFatalFailure()) return;
-    run_step({{1, 149}, {0, 6}});
-    if (HasFatalFailure()) return;
-  }
+  // head_dim 16 and 40 take the one-pass kernel, multiples of 32 the split-context kernels;
+  // contexts from 1 to 2100 positions (several chunks and tiles, partial last tiles); query
+  // groups of 1, 3 (SmolLM2), 4 (Llama 3 8B), 5 and 16 (405B: four blocks per KV head).
+  CheckAttention(gpu.get(), 6, 2, 16, {7, 150}, &rng);
+  CheckAttention(gpu.get(), 6, 2, 40, {7, 150}, &rng);
+  CheckAttention(gpu.get(), 6, 2, 64, {1, 7, 150}, &rng);
+  CheckAttention(gpu.get(), 9, 3, 64, {300, 2}, &rng);
+  CheckAttention(gpu.get(), 8, 2, 128, {129, 2100, 64}, &rng);
+  CheckAttention(gpu.get(), 5, 1, 96, {257}, &rng);
+  CheckAttention(gpu.get(), 16, 1, 128, {700}, &rng);
+  CheckAttention(gpu.get(), 4, 4, 256, {33, 1000}, &rng);
+  CheckAttention(gpu.get(), 2, 2, 32, {128}, &rng);
 }
 
 TEST(CudaKernelsTest, VramAccountingCountsWeightsKvAndWorkspace) {

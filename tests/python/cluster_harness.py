@@ -13,8 +13,6 @@ import time
 
 import grpc
 from google.protobuf import descriptor_pool, json_format, message_factory
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-    ProtoReflectionDescriptorDatabase)
 
 MODEL = os.environ.get("TESSERA_TEST_MODEL", "")
 BIN = os.environ.get("TESSERA_BIN_DIR", "")
@@ -53,8 +51,15 @@ class Cluster:
         if self.proc.poll() is not None:
             raise AssertionError(f"tessera serve exited early:\n{self.output()}")
         self.channel = grpc.insecure_channel(self.addr)
-        self.client = Client(self.channel)
+        self._client = None
         return self
+
+    @property
+    def client(self):
+        """A reflection client of the cluster, made on first use."""
+        if self._client is None:
+            self._client = Client(self.channel)
+        return self._client
 
     def _read(self):
         for line in self.proc.stdout:
@@ -100,6 +105,10 @@ class Client:
     """tessera.v1.Tessera over a channel, with message classes from server reflection."""
 
     def __init__(self, channel):
+        # Imported here, so a test that only starts clusters runs where grpcio-reflection is
+        # not installed (a bare GPU machine).
+        from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+            ProtoReflectionDescriptorDatabase)
         self.channel = channel
         self.pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
         self.service = self.pool.FindServiceByName("tessera.v1.Tessera")
