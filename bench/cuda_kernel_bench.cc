@@ -1,10 +1,11 @@
 // cuda_kernel_bench: the CUDA backend's ops one at a time, beside the device's measured copy
-// bandwidth: quantized MatMul of the Llama 3 8B matrix shapes at 1..64 tokens (weight bytes
-// read per second and the share of the copy bandwidth), paged attention at decode and prefill
+// bandwidth: quantized MatMul of the Llama 3 8B matrix shapes at 1..64 tokens on the fused
+// matvec and on the fp16 GEMM path (weight bytes read per second by the faster, and the share of
+// the copy bandwidth; -1 where a path does not apply), paged attention at decode and prefill
 // shapes, and the cost of one kernel launch through the backend. Where `tessera bench
 // --backend cuda` gives a whole step's time, this says which op it goes to.
 //
-//   cuda_kernel_bench [--quant Q4_0,Q4_K,Q8_0] [--tokens 1,8,16,32,64] [--reps N]
+//   cuda_kernel_bench [--quant Q4_0,Q4_K,Q8_0] [--tokens 1,2,4,8,16,32,64] [--reps N]
 //
 // Times are per op: N back-to-back calls between two synchronisations, over N, so an op
 // shorter than its launch shows the launch cost (as it would inside a decode step).
@@ -24,10 +25,11 @@
 #include "kernels/quant/types.h"
 #if TESSERA_HAVE_CUDA
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/launch.h"
 #endif
 
 ABSL_FLAG(std::string, quant, "Q4_0,Q4_K,Q8_0", "weight formats");
-ABSL_FLAG(std::string, tokens, "1,8,16,32,64", "tokens per MatMul");
+ABSL_FLAG(std::string, tokens, "1,2,4,8,16,32,64", "tokens per MatMul");
 ABSL_FLAG(int, reps, 50, "calls per timing");
 
 namespace tessera {
@@ -104,8 +106,8 @@ int Run(const std::vector<GgmlType>& types, const std::vector<int64_t>& token_co
                           {"gate/up 14336x4096", 14336, 4096},
                           {"down 4096x14336", 4096, 14336},
                           {"output 128256x4096", 128256, 4096}};
-  std::printf("%-6s %-20s %6s %12s %12s %8s\n", "quant", "matrix", "tokens", "us/op",
-              "weight GB/s", "% copy");
+  std::printf("%-6s %-20s %6s %12s %12s %8s %12s\n", "quant", "matrix", "tokens", "fused us/op",
+              "weight GB/s", "% copy", "gemm us/op");
   for (GgmlType type : types) {
     for (const Shape& s : shapes) {
       int64_t row_bytes = 0;
@@ -130,12 +132,23 @@ int Run(const std::vector<GgmlType>& types, const std::vector<int64_t>& token_co
       for (float& v : hx) v = normal(rng);
       (void)b->CopyToDevice(hx.data(), max_t * s.cols, x->data());
       const double bytes = static_cast<double>(row_bytes) * s.rows;
+      auto matmul = [&](int64_t t) { return b->MatMul(**w, x->data(), t, y->data()); };
       for (int64_t t : token_counts) {
-        const double sec =
-            TimeOp(b, reps, [&] { return b->MatMul(**w, x->data(), t, y->data()); });
-        std::printf("%-6s %-20s %6lld %12.1f %12.1f %7.0f%%\n", GgmlTypeName(type).c_str(), s.name,
-                    static_cast<long long>(t), sec * 1e6, bytes / sec / 1e9,
-                    100.0 * bytes / sec / bw);
+        // Each path where it applies: fused up to kMaxFusedTokens, the fp16 GEMM from 2.
+        double fused = -1, gemm = -1;
+        if (t <= cuda::kMaxFusedTokens) {
+          b->set_max_fused_tokens(cuda::kMaxFusedTokens);
+          fused = TimeOp(b, reps, [&] { return matmul(t); });
+        }
+        if (t >= 2) {
+          b->set_max_fused_tokens(1);
+          gemm = TimeOp(b, reps, [&] { return matmul(t); });
+        }
+        b->set_max_fused_tokens(cuda::kDefaultMaxFusedTokens);
+        const double best = fused > 0 && (gemm < 0 || fused < gemm) ? fused : gemm;
+        std::printf("%-6s %-20s %6lld %12.1f %12.1f %7.0f%% %12.1f\n", GgmlTypeName(type).c_str(),
+                    s.name, static_cast<long long>(t), fused * 1e6, bytes / best / 1e9,
+                    100.0 * bytes / best / bw, gemm * 1e6);
         std::fflush(stdout);
       }
     }

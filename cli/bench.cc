@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <random>
 #include <string>
 
@@ -43,9 +44,12 @@ struct BenchFigures {
 
 // Prefill of `batch` prompts (each its own step) then `tokens` greedy decode steps of all of
 // them, on `backend`; the roofline divides `bandwidth` by the bytes read per decode step.
+// `while_loaded`, if given, runs after the decode steps while the engine (its weights and KV
+// cache) still exists.
 absl::StatusOr<BenchFigures> Measure(const WeightSource& weights, Backend* backend,
                                      int64_t batch, int64_t prompt, int64_t tokens,
-                                     std::optional<KvType> kv_type, double bandwidth);
+                                     std::optional<KvType> kv_type, double bandwidth,
+                                     const std::function<void()>& while_loaded = nullptr);
 
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
@@ -107,7 +111,8 @@ absl::Status RunBench(const BenchOptions& o) {
 
 absl::StatusOr<BenchFigures> Measure(const WeightSource& weights, Backend* backend,
                                      int64_t batch, int64_t prompt, int64_t tokens,
-                                     std::optional<KvType> kv_type, double bandwidth) {
+                                     std::optional<KvType> kv_type, double bandwidth,
+                                     const std::function<void()>& while_loaded) {
   const ModelConfig& c = weights.config();
   if (prompt + tokens > c.n_ctx) {
     return absl::InvalidArgumentError(absl::StrCat("-p + -n = ", prompt + tokens,
@@ -152,6 +157,7 @@ absl::StatusOr<BenchFigures> Measure(const WeightSource& weights, Backend* backe
     }
   }
   const double decode_s = Seconds(start);
+  if (while_loaded) while_loaded();
 
   // Bytes read per decode step: every weight once, plus each sequence's K and V so far
   // (in the cache's type, at the average context of the run).
@@ -199,19 +205,23 @@ absl::Status RunCudaBench(const BenchOptions& o, const WeightSource& weights) {
               "steps)\n",
               "batch", "prefill tok/s", "decode tok/s", "ms/step", "roofline", "% roof",
               static_cast<long long>(prompt), static_cast<long long>(o.tokens));
+  VramUsage vram;
   for (const int64_t batch : batches) {
     // A fresh engine per batch size (its KV cache sized for it; weights uploaded again).
     TESSERA_ASSIGN_OR_RETURN(
-        BenchFigures f,
-        Measure(weights, backend.get(), batch, prompt, o.tokens, kv_type, bandwidth));
+        BenchFigures f, Measure(weights, backend.get(), batch, prompt, o.tokens, kv_type,
+                                bandwidth, [&] {
+                                  if (absl::StatusOr<VramUsage> v = backend->Vram(); v.ok()) {
+                                    vram = *v;
+                                  }
+                                }));
     std::printf("%-6lld %14.1f %14.1f %10.3f %14.1f %8.0f%%\n", static_cast<long long>(batch),
                 f.prefill_tps, f.decode_tps, 1e3 * batch / f.decode_tps, f.roofline_tps,
                 100.0 * f.decode_tps / f.roofline_tps);
     std::fflush(stdout);
   }
-  TESSERA_ASSIGN_OR_RETURN(VramUsage vram, backend->Vram());
-  std::printf("vram             %.2f GiB total, %.2f GiB free; this run: weights %.2f GiB, "
-              "KV %.2f GiB, workspace %.2f GiB\n",
+  std::printf("vram             %.2f GiB total, %.2f GiB free with the last batch's engine "
+              "loaded: weights %.2f GiB, KV %.2f GiB, workspace %.2f GiB\n",
               vram.total_bytes / 1073741824.0, vram.free_bytes / 1073741824.0,
               vram.weights_bytes / 1073741824.0, vram.kv_cache_bytes / 1073741824.0,
               vram.workspace_bytes / 1073741824.0);

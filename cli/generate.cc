@@ -41,7 +41,7 @@ struct GenerateOptions {
   double temperature = 0.8, top_p = 0.95, min_p = 0.05, repeat_penalty = 1.0;
   double frequency_penalty = 0.0, presence_penalty = 0.0;
   std::vector<std::string> stop;
-  bool has_prompt = false, has_chat = false;
+  bool has_prompt = false, has_chat = false, exact = false;
 };
 
 absl::Status Run(const GenerateOptions& o) {
@@ -89,7 +89,7 @@ absl::Status Run(const GenerateOptions& o) {
   s.seed = o.seed >= 0 ? static_cast<uint64_t>(o.seed) : std::random_device()();
   TESSERA_RETURN_IF_ERROR(s.Validate());
 
-  CpuBackend backend(static_cast<int>(o.threads));
+  CpuBackend backend(static_cast<int>(o.threads), /*exact_matmul=*/o.exact);
   EngineOptions eo;
   eo.kv_budget_bytes = o.kv_memory_mib << 20;
   TESSERA_ASSIGN_OR_RETURN(eo.kv_type, ParseKvType(o.kv_type));
@@ -215,6 +215,9 @@ int GenerateMain(int argc, char** argv) {
   args.Option("logprobs", nullptr, &o.logprobs, "alternatives per token to compute (0..20)");
   args.Option("threads", "t", &o.threads, "CPU threads (default 2)");
   args.Option("kv-memory-mib", nullptr, &o.kv_memory_mib, "KV cache memory (default 256)");
+  args.Flag("exact", nullptr, &o.exact,
+            "reference arithmetic: float64 sums over reference-dequantized weights, f32 KV cache "
+            "(slow; for checking other backends against)");
   args.Option("kv-type", nullptr, &o.kv_type,
               "KV cache: auto (the backend's choice: f16 on CPUs with AVX-512), f16 or f32");
   int code = 0;
@@ -224,6 +227,11 @@ int GenerateMain(int argc, char** argv) {
   if (args.seen("server") && args.seen("model")) {
     std::fprintf(stderr, "tessera generate: --model and --server exclude each other (the server "
                          "serves its own model)\n");
+    return 2;
+  }
+  if (args.seen("server") && o.exact) {
+    std::fprintf(stderr, "tessera generate: --exact applies to the in-process engine, not to "
+                         "--server (the server's workers choose their arithmetic)\n");
     return 2;
   }
   const absl::Status st = args.seen("server") ? RunRemote(o) : Run(o);

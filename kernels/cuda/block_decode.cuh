@@ -10,8 +10,9 @@
 // 2^23 + c, so subtracting 2^23 + zero_point gives c - zero_point exactly (c < 2^8).
 //
 // Alignment: device rows are stored compactly (row r at r * row_bytes), so a block starts at a
-// multiple of its size from a 256-byte aligned base; each format reads with the widest load
-// that size allows (18-byte Q4_0 blocks: 2 bytes; 144-byte Q4_K blocks: 16 bytes).
+// multiple of its size from a 256-byte aligned base (or from a 16-byte aligned shared-memory
+// copy of whole blocks); each format reads with the widest load that size allows (18-byte Q4_0
+// blocks: 2 bytes; 144-byte Q4_K blocks: 16 bytes).
 #ifndef TESSERA_KERNELS_CUDA_BLOCK_DECODE_CUH_
 #define TESSERA_KERNELS_CUDA_BLOCK_DECODE_CUH_
 
@@ -36,11 +37,13 @@ struct Group16 {
 __device__ __forceinline__ float HalfBitsToFloat(uint16_t bits) {
   return __half2float(__ushort_as_half(bits));
 }
+// Plain (generic) loads: the same decoders read global memory (dequantization) and blocks the
+// matvec has staged in shared memory.
 __device__ __forceinline__ uint16_t LoadU16(const uint8_t* p) {
-  return __ldg(reinterpret_cast<const unsigned short*>(p));
+  return *reinterpret_cast<const unsigned short*>(p);
 }
 __device__ __forceinline__ uint32_t LoadU32(const uint8_t* p) {
-  return __ldg(reinterpret_cast<const unsigned int*>(p));
+  return *reinterpret_cast<const unsigned int*>(p);
 }
 // Code c (0..255) minus zero point, as a float (see the file comment).
 __device__ __forceinline__ float CodeToFloat(uint32_t c, float zero) {
@@ -51,7 +54,7 @@ __device__ __forceinline__ float CodeToFloat(uint32_t c, float zero) {
 template <int kAlign>
 __device__ __forceinline__ void Load16Bytes(const uint8_t* p, uint32_t w[4]) {
   if constexpr (kAlign >= 16) {
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
     w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
   } else if constexpr (kAlign >= 4) {
 #pragma unroll
@@ -283,7 +286,7 @@ struct F32Format {
     const float4* p = reinterpret_cast<const float4*>(row + g * 64);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      const float4 v = __ldg(p + k);
+      const float4 v = p[k];
       out->q[4 * k] = v.x, out->q[4 * k + 1] = v.y, out->q[4 * k + 2] = v.z, out->q[4 * k + 3] = v.w;
     }
     out->scale = 1.0f;

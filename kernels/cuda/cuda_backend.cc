@@ -85,6 +85,9 @@ constexpr int64_t kGemmTileHalves = int64_t{16} << 20;
 
 }  // namespace
 
+CudaBackend::CudaBackend(int device)
+    : device_(device), max_fused_tokens_(cuda::kDefaultMaxFusedTokens) {}
+
 int CudaDeviceCount() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -268,6 +271,10 @@ absl::StatusOr<double> CudaBackend::MeasureCopyBandwidth(int64_t bytes) {
   return result;
 }
 
+void CudaBackend::set_max_fused_tokens(int n) {
+  max_fused_tokens_ = std::clamp(n, 1, cuda::kMaxFusedTokens);
+}
+
 absl::Status CudaBackend::Synchronize() {
   TESSERA_RETURN_IF_ERROR(Activate());
   TESSERA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
@@ -387,7 +394,7 @@ absl::Status CudaBackend::MatMul(const Weight& w, const float* x, int64_t n_toke
   if (n_tokens <= 0) return absl::OkStatus();
   TESSERA_RETURN_IF_ERROR(Activate());
   const auto type = static_cast<uint32_t>(m.type);
-  if (n_tokens <= cuda::kMaxFusedTokens && cuda::FusedMatVecSupports(type, m.cols)) {
+  if (n_tokens <= max_fused_tokens_ && cuda::FusedMatVecSupports(type, m.cols)) {
     TESSERA_CUDA_RETURN_IF_ERROR(cuda::LaunchFusedMatVec(type, m.data, m.rows, m.cols,
                                                          m.row_bytes, x,
                                                          static_cast<int>(n_tokens), y, stream_));

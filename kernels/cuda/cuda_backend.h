@@ -7,7 +7,7 @@
 // (float32, the CPU layout) live in device memory; per-step metadata given in host memory
 // (token ids, positions, block tables) is uploaded as needed.
 //
-// MatMul: up to kernels/cuda/launch.h's kMaxFusedTokens tokens run the fused dequantize x
+// MatMul: up to max_fused_tokens() tokens (kernels/cuda/launch.h) run the fused dequantize x
 // matvec kernels, which read each weight block once for all tokens; larger batches (prefill)
 // dequantize the weight in row chunks to fp16 and multiply with cublasGemmEx (fp32
 // accumulation) -- a first version that a fused tensor-core kernel should replace.
@@ -69,6 +69,11 @@ class CudaBackend final : public Backend {
   absl::StatusOr<double> MeasureCopyBandwidth(int64_t bytes = int64_t{1} << 30);
   // Waits for all work queued on the backend's stream (for timing).
   absl::Status Synchronize();
+  // MatMuls of up to this many tokens take the fused matvec kernels, larger ones the fp16
+  // GEMM path (1..kMaxFusedTokens; default kDefaultMaxFusedTokens). For benchmarks comparing
+  // the two paths.
+  void set_max_fused_tokens(int n);
+  int max_fused_tokens() const { return max_fused_tokens_; }
 
   absl::StatusOr<std::unique_ptr<Weight>> LoadWeight(const QuantMatrix& host) override;
   absl::StatusOr<std::unique_ptr<DeviceBuffer>> Allocate(int64_t n_floats) override;
@@ -97,7 +102,7 @@ class CudaBackend final : public Backend {
     int64_t bytes = 0;
   };
 
-  explicit CudaBackend(int device) : device_(device) {}
+  explicit CudaBackend(int device);
   absl::Status Init();
   absl::Status Activate() const;  // cudaSetDevice(device_)
   absl::StatusOr<std::shared_ptr<DeviceBlock>> Malloc(int64_t bytes, int64_t* category);
@@ -113,6 +118,7 @@ class CudaBackend final : public Backend {
   std::string device_name_;
   int sm_ = 0;
   int sm_count_ = 0;  // multiprocessors
+  int max_fused_tokens_;
   int64_t total_bytes_ = 0;
 
   // Accounting (bytes), shared with the DeviceBlocks that decrement it when freed.

@@ -16,6 +16,12 @@ namespace tessera::cuda {
 
 // Most tokens the fused matvec handles in one pass over the weights.
 inline constexpr int kMaxFusedTokens = 16;
+// Up to this many tokens the backend prefers the fused matvec to the fp16 GEMM path
+// (CudaBackend::set_max_fused_tokens overrides; cuda_kernel_bench times both).
+// Measured on an H200 (bench/RESULTS.md, 2026-12-04): at 8 tokens the GEMM path was already
+// 1.1-1.5x faster than the fused kernels, whose time grows with the tokens (~14 us per token on
+// a 14336 x 4096 Q4_0 matrix, against ~36 us for one token).
+inline constexpr int kDefaultMaxFusedTokens = 4;
 
 // True if the fused dequantize x matvec kernel exists for `type` with `cols` columns.
 bool FusedMatVecSupports(uint32_t type, int64_t cols);

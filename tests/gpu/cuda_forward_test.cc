@@ -3,11 +3,13 @@
 // Skipped (not passed) without a GPU; the real-model case also without the model file.
 //
 // Reference: CpuBackend with exact_matmul (reference-dequantized weights, float64 sums), so the
-// only differences are the GPU's fp32 accumulation orders (and fp16 products on the > 16-token
-// prefill path). Bounds: ||logits_gpu - logits_cpu|| <= 2e-3 ||logits_cpu|| for each step, which
-// the fp16 prefill rounding (<= 1e-3 per product, mostly cancelling) stays well inside; greedy
-// tokens must be identical wherever the CPU's top two logits are further apart than 20x the
-// observed logit error (a closer tie could legitimately go either way, and is reported).
+// only differences are the GPU's fp32 accumulation orders and, on the prefill step (more tokens
+// than the backend's max_fused_tokens), the fp16 GEMM path's rounding of x and the weights
+// (2^-11 relative each). Bounds on ||logits_gpu - logits_cpu|| / ||logits_cpu||: 5e-3 for the
+// prefill step (measured on an H200 with the real model, 2026-12-04: 2.0e-3), 2e-3 for the decode
+// steps (fp32 fused kernels, attending to K/V the fp16 prefill wrote); greedy tokens must be
+// identical wherever the CPU's top two logits are further apart than 20x the observed logit
+// error (a closer tie could legitimately go either way, and is reported).
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -72,7 +74,11 @@ void CompareGreedy(const WeightSource& weights, const std::vector<int32_t>& prom
       norm += cl[i] * static_cast<double>(cl[i]);
       max_abs = std::max(max_abs, std::fabs(static_cast<double>(gl[i]) - cl[i]));
     }
-    EXPECT_LE(std::sqrt(diff), 2e-3 * std::sqrt(norm)) << "step " << step;
+    const double bound = step == 0 && in.size() > 1 ? 5e-3 : 2e-3;
+    EXPECT_LE(std::sqrt(diff), bound * std::sqrt(norm))
+        << "step " << step << ": relative error " << std::sqrt(diff / norm);
+    ::testing::Test::RecordProperty("rel_error_step_" + std::to_string(step),
+                                    std::to_string(std::sqrt(diff / norm)));
     const Argmax g = Top(gl.data(), c.n_vocab), r = Top(cl.data(), c.n_vocab);
     if (r.gap > 20 * max_abs) {
       EXPECT_EQ(g.id, r.id) << "step " << step << ": CPU top-2 gap " << r.gap

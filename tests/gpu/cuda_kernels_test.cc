@@ -23,6 +23,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/launch.h"
 #include "tests/gpu/gpu_testutil.h"
 
 namespace tessera {
@@ -90,9 +91,12 @@ TEST(CudaKernelsTest, FusedMatVecMatchesFloat64ForEveryFormat) {
   TESSERA_SKIP_WITHOUT_GPU();
   auto gpu = OpenCuda();
   ASSERT_NE(gpu, nullptr);
+  gpu->set_max_fused_tokens(cuda::kMaxFusedTokens);  // every batch size below on the fused path
   std::mt19937 rng(11);
   for (GgmlType type : kQuantTypes) {
     const int64_t block = FindQuantTraits(type)->block_elems == 256 ? 256 : 32;
+    // Widths of part of one 512-weight segment, two and a partial one, and five and a partial
+    // one (more segments than the block has warps); rows not a multiple of a block's rows.
     for (int64_t cols : {block, 3 * block, int64_t{1024} + (block == 256 ? 256 : 96)}) {
       for (int64_t rows : {int64_t{1}, int64_t{7}, int64_t{37}}) {
         for (int tokens : {1, 2, 3, 8, 16}) {
@@ -101,6 +105,10 @@ TEST(CudaKernelsTest, FusedMatVecMatchesFloat64ForEveryFormat) {
         }
       }
     }
+    for (int tokens : {1, 4, 11}) {
+      CheckMatMul(gpu.get(), type, 5, 5 * 512 + block, tokens, 2e-5, &rng);
+      if (HasFatalFailure()) return;
+    }
   }
 }
 
@@ -108,10 +116,11 @@ TEST(CudaKernelsTest, LargeBatchFp16GemmMatchesFloat64) {
   TESSERA_SKIP_WITHOUT_GPU();
   auto gpu = OpenCuda();
   ASSERT_NE(gpu, nullptr);
+  gpu->set_max_fused_tokens(1);  // from 2 tokens on, the GEMM path
   std::mt19937 rng(12);
   for (GgmlType type : kQuantTypes) {
     const int64_t block = FindQuantTraits(type)->block_elems == 256 ? 256 : 32;
-    for (int tokens : {17, 40}) {
+    for (int tokens : {2, 17, 40}) {
       CheckMatMul(gpu.get(), type, 45, 2 * block, tokens, 2e-3, &rng);
       if (HasFatalFailure()) return;
     }

@@ -29,6 +29,16 @@ class GenerateRealModel(unittest.TestCase):
         self.assertIn("prompt tokens 5, generated tokens 3", r.stderr)
         self.assertIn("time to first token", r.stderr)
 
+    def test_exact_arithmetic_runs_in_process_only(self):
+        r = run("-m", MODEL, "-p", "The capital of France is", "--temperature", "0", "-n", "2",
+                "--exact")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.startswith(" Paris"), repr(r.stdout))
+        self.assertIn("kv cache f32", r.stderr.lower().replace(":", ""))
+        r = run("--server", "127.0.0.1:1", "-p", "x", "--exact")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--exact applies to the in-process engine", r.stderr)
+
     def test_chat_answers_on_topic(self):
         # (Asked about France, this 135M model's two best first tokens are within 0.08 logits
         # of each other even in float64, so greedy decoding may start either way; Japan's

@@ -2,9 +2,11 @@
 
 Labelled gpu (tests/CMakeLists.txt: files named test_gpu_*): skipped where nvidia-smi sees no
 GPU, or without the real model (TESSERA_TEST_MODEL). The reference is the in-process CPU engine
-(`tessera generate -m`, f32 KV cache like the GPU's); the served text comes through the
-coordinator, a worker on cuda:0 and `tessera generate --server`. Greedy text must be identical;
-cuda_forward_test checks the logits themselves (and near-ties) on the same model.
+in its reference arithmetic (`tessera generate -m --exact`: float64 sums, f32 KV cache), so
+its only difference from the GPU's fp32 kernels is their rounding (relative ~1e-6; the fast
+CPU path, with int8 activations, differs by far more and legitimately picks other tokens at
+near-ties). The served text comes through the coordinator, a worker on cuda:0 and `tessera
+generate --server`, and must be identical; cuda_forward_test checks the logits themselves.
 """
 import os
 import shutil
@@ -37,7 +39,7 @@ def generate(*args):
 @unittest.skipUnless(gpu_visible(), "no NVIDIA GPU visible (nvidia-smi -L)")
 class SingleGpuServe(unittest.TestCase):
     def test_greedy_text_matches_cpu_engine(self):
-        cpu = [generate("-m", MODEL, "--kv-type", "f32", "-p", p) for p in PROMPTS]
+        cpu = [generate("-m", MODEL, "--exact", "-p", p) for p in PROMPTS]
         with Cluster(extra=["--device", "cuda"]) as c:
             c.wait_for_line(r"cuda:0")  # the worker reports its GPU
             for prompt, want in zip(PROMPTS, cpu):
