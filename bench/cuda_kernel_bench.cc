@@ -1,7 +1,7 @@
 // cuda_kernel_bench: the CUDA backend's ops one at a time, beside the device's measured copy
 // bandwidth: quantized MatMul of the Llama 3 8B matrix shapes at 1..64 tokens on the fused
 // matvec and on the fp16 GEMM path (weight bytes read per second by the faster, and the share of
-// the copy bandwidth; -1 where a path does not apply), paged attention at decode and prefill
+// the copy bandwidth; "-" where a path does not apply), paged attention at decode and prefill
 // shapes, and the cost of one kernel launch through the backend. Where `tessera bench
 // --backend cuda` gives a whole step's time, this says which op it goes to.
 //
@@ -146,9 +146,15 @@ int Run(const std::vector<GgmlType>& types, const std::vector<int64_t>& token_co
         }
         b->set_max_fused_tokens(cuda::kDefaultMaxFusedTokens);
         const double best = fused > 0 && (gemm < 0 || fused < gemm) ? fused : gemm;
-        std::printf("%-6s %-20s %6lld %12.1f %12.1f %7.0f%% %12.1f\n", GgmlTypeName(type).c_str(),
-                    s.name, static_cast<long long>(t), fused * 1e6, bytes / best / 1e9,
-                    100.0 * bytes / best / bw, gemm * 1e6);
+        auto us = [](double sec) {  // "-" where the path does not apply
+          char buf[32];
+          if (sec < 0) return std::string("-");
+          std::snprintf(buf, sizeof buf, "%.1f", sec * 1e6);
+          return std::string(buf);
+        };
+        std::printf("%-6s %-20s %6lld %12s %12.1f %7.0f%% %12s\n", GgmlTypeName(type).c_str(),
+                    s.name, static_cast<long long>(t), us(fused).c_str(), bytes / best / 1e9,
+                    100.0 * bytes / best / bw, us(gemm).c_str());
         std::fflush(stdout);
       }
     }
