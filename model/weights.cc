@@ -82,8 +82,11 @@ absl::Status SyntheticWeights::Add(const std::string& name, GgmlType type, int64
     std::memcpy(data.get(), ones.data(), ones.size() * sizeof(float));
   } else {
     // A few distinct rows of N(0, 1/sqrt(cols)) weights (keeps y = Wx at unit scale), quantized
-    // with the reference quantizer, then tiled over all rows.
-    // Small matrices (tests) get all-distinct rows.
+    // with the reference quantizer, then tiled over all rows, each copy rotated by a different
+    // number of whole blocks: every row's bytes differ, so no two memory pages hold the same
+    // bytes (a hypervisor that merges identical pages served repeating rows from cache, and
+    // `bench --synthetic` read faster than the memory allows). Small matrices (tests) get
+    // all-distinct rows.
     constexpr int64_t kDistinctRows = 37;
     const int64_t distinct = rows * cols <= (int64_t{1} << 20) ? rows : std::min(rows, kDistinctRows);
     std::mt19937_64 rng(seed);
@@ -93,9 +96,13 @@ absl::Status SyntheticWeights::Add(const std::string& name, GgmlType type, int64
       for (float& v : row) v = normal(rng);
       traits->quantize_ref(row.data(), data.get() + r * row_bytes, cols);
     }
+    const int64_t n_blocks = row_bytes / traits->block_bytes;
     for (int64_t r = distinct; r < rows; ++r) {
-      std::memcpy(data.get() + r * row_bytes, data.get() + (r % distinct) * row_bytes,
-                  static_cast<size_t>(row_bytes));
+      const uint8_t* src = data.get() + (r % distinct) * row_bytes;
+      uint8_t* dst = data.get() + r * row_bytes;
+      const int64_t split = (r / distinct) % n_blocks * traits->block_bytes;
+      std::memcpy(dst, src + split, static_cast<size_t>(row_bytes - split));
+      std::memcpy(dst + row_bytes - split, src, static_cast<size_t>(split));
     }
   }
   matrices_[name] = QuantMatrix{type, rows, cols, row_bytes, data.get()};
