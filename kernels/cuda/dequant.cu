@@ -27,7 +27,8 @@ __device__ __forceinline__ void Store(uint16_t* out, float v) {
 __device__ __forceinline__ void Store16(float* out, const float (&v)[16]) {
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    reinterpret_cast<float4*>(out)[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
+    reinterpret_cast<float4*>(out)[k] =
+        make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
   }
 }
 __device__ __forceinline__ void Store16(uint16_t* out, const float (&v)[16]) {

@@ -152,7 +152,9 @@ __global__ void __launch_bounds__(kWarps * 32)
           float sum = 0.0f;
           if constexpr (F::kHasOffset) {
 #pragma unroll
-            for (int k = 0; k < 4; ++k) sum += (v[4 * k] + v[4 * k + 1]) + (v[4 * k + 2] + v[4 * k + 3]);
+            for (int k = 0; k < 4; ++k) {
+              sum += (v[4 * k] + v[4 * k + 1]) + (v[4 * k + 2] + v[4 * k + 3]);
+            }
           }
 #pragma unroll
           for (int r = 0; r < kRows; ++r) {

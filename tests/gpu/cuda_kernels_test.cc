@@ -278,7 +278,9 @@ void CheckAttention(CudaBackend* gpu, int n_heads, int n_kv_heads, int head_dim,
   size_t next = 0;
   for (int len : lengths) {
     tables.emplace_back();
-    for (int b = 0; b < (len + kBlockTokens - 1) / kBlockTokens; ++b) tables.back().push_back(ids[next++]);
+    for (int b = 0; b < (len + kBlockTokens - 1) / kBlockTokens; ++b) {
+      tables.back().push_back(ids[next++]);
+    }
   }
   auto run_step = [&](const std::vector<std::pair<int, int>>& tokens /* seq, pos */) {
     AttentionBatch ab;
@@ -295,7 +297,8 @@ void CheckAttention(CudaBackend* gpu, int n_heads, int n_kv_heads, int head_dim,
     const std::vector<float> v = RandomFloats(T * n_kv_heads * head_dim, rng);
     for (int layer = 0; layer < 2; ++layer) {
       std::vector<float> want(q.size());
-      ASSERT_TRUE(cpu.Attention(layer, q.data(), k.data(), v.data(), n_heads, ab, want.data()).ok());
+      ASSERT_TRUE(
+          cpu.Attention(layer, q.data(), k.data(), v.data(), n_heads, ab, want.data()).ok());
       auto dq = ToDevice(gpu, q), dk = ToDevice(gpu, k), dv = ToDevice(gpu, v);
       // Poisoned output: every element must be written.
       auto dout = ToDevice(gpu, std::vector<float>(q.size(), std::nanf("")));
