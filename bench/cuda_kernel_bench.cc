@@ -23,6 +23,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "kernels/quant/types.h"
+#include "model/weights.h"
 #if TESSERA_HAVE_CUDA
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/launch.h"
@@ -57,27 +58,6 @@ double TimeOp(CudaBackend* b, int reps, Op op) {
   return best;
 }
 
-// A rows x cols matrix of `type`: 37 distinct quantized random rows tiled over all rows (the
-// synthetic models' recipe: realistic blocks without quantizing every row).
-std::vector<uint8_t> TiledBlocks(GgmlType type, int64_t rows, int64_t cols, int64_t* row_bytes) {
-  const QuantTraits* t = FindQuantTraits(type);
-  *row_bytes = *RowBytes(*t, cols);
-  std::vector<uint8_t> out(static_cast<size_t>(rows * *row_bytes));
-  std::mt19937 rng(5);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> w(static_cast<size_t>(cols));
-  const int64_t distinct = std::min<int64_t>(rows, 37);
-  for (int64_t r = 0; r < distinct; ++r) {
-    for (float& v : w) v = normal(rng);
-    t->quantize_ref(w.data(), out.data() + r * *row_bytes, cols);
-  }
-  for (int64_t r = distinct; r < rows; ++r) {
-    std::copy_n(out.data() + (r % distinct) * *row_bytes, *row_bytes,
-                out.data() + r * *row_bytes);
-  }
-  return out;
-}
-
 int Run(const std::vector<GgmlType>& types, const std::vector<int64_t>& token_counts, int reps) {
   auto created = CudaBackend::Create(0);
   if (!created.ok()) {
@@ -110,8 +90,9 @@ int Run(const std::vector<GgmlType>& types, const std::vector<int64_t>& token_co
               "weight GB/s", "% copy", "gemm us/op");
   for (GgmlType type : types) {
     for (const Shape& s : shapes) {
-      int64_t row_bytes = 0;
-      const std::vector<uint8_t> blocks = TiledBlocks(type, s.rows, s.cols, &row_bytes);
+      const int64_t row_bytes = *RowBytes(*FindQuantTraits(type), s.cols);
+      std::vector<uint8_t> blocks(static_cast<size_t>(s.rows * row_bytes));
+      FillSyntheticRows(type, s.rows, s.cols, 5, blocks.data());
       QuantMatrix host;
       host.type = type;
       host.rows = s.rows;

@@ -1,5 +1,6 @@
 #include "model/weights.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -67,6 +68,32 @@ absl::StatusOr<std::unique_ptr<SyntheticWeights>> SyntheticWeights::Create(
   return w;
 }
 
+void FillSyntheticRows(GgmlType type, int64_t rows, int64_t cols, uint64_t seed, uint8_t* out) {
+  // Tiling keeps large models cheap to build; the rotation keeps every row's bytes distinct (a
+  // hypervisor that merges identical pages served repeating rows from cache, and `bench
+  // --synthetic` read faster than the memory allows). N(0, 1/sqrt(cols)) keeps y = Wx at unit
+  // scale.
+  const QuantTraits* traits = FindQuantTraits(type);
+  const int64_t row_bytes = cols / traits->block_elems * traits->block_bytes;
+  constexpr int64_t kDistinctRows = 37;
+  const int64_t distinct = rows * cols <= (int64_t{1} << 20) ? rows : std::min(rows, kDistinctRows);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f / std::sqrt(static_cast<float>(cols)));
+  std::vector<float> row(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < distinct; ++r) {
+    for (float& v : row) v = normal(rng);
+    traits->quantize_ref(row.data(), out + r * row_bytes, cols);
+  }
+  const int64_t n_blocks = row_bytes / traits->block_bytes;
+  for (int64_t r = distinct; r < rows; ++r) {
+    const uint8_t* src = out + (r % distinct) * row_bytes;
+    uint8_t* dst = out + r * row_bytes;
+    const int64_t split = (r / distinct) % n_blocks * traits->block_bytes;
+    std::memcpy(dst, src + split, static_cast<size_t>(row_bytes - split));
+    std::memcpy(dst + row_bytes - split, src, static_cast<size_t>(split));
+  }
+}
+
 absl::Status SyntheticWeights::Add(const std::string& name, GgmlType type, int64_t rows,
                                    int64_t cols, uint64_t seed) {
   const QuantTraits* traits = FindQuantTraits(type);
@@ -81,29 +108,7 @@ absl::Status SyntheticWeights::Add(const std::string& name, GgmlType type, int64
     std::vector<float> ones(static_cast<size_t>(cols), 1.0f);
     std::memcpy(data.get(), ones.data(), ones.size() * sizeof(float));
   } else {
-    // A few distinct rows of N(0, 1/sqrt(cols)) weights (keeps y = Wx at unit scale), quantized
-    // with the reference quantizer, then tiled over all rows, each copy rotated by a different
-    // number of whole blocks: every row's bytes differ, so no two memory pages hold the same
-    // bytes (a hypervisor that merges identical pages served repeating rows from cache, and
-    // `bench --synthetic` read faster than the memory allows). Small matrices (tests) get
-    // all-distinct rows.
-    constexpr int64_t kDistinctRows = 37;
-    const int64_t distinct = rows * cols <= (int64_t{1} << 20) ? rows : std::min(rows, kDistinctRows);
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> normal(0.0f, 1.0f / std::sqrt(static_cast<float>(cols)));
-    std::vector<float> row(static_cast<size_t>(cols));
-    for (int64_t r = 0; r < distinct; ++r) {
-      for (float& v : row) v = normal(rng);
-      traits->quantize_ref(row.data(), data.get() + r * row_bytes, cols);
-    }
-    const int64_t n_blocks = row_bytes / traits->block_bytes;
-    for (int64_t r = distinct; r < rows; ++r) {
-      const uint8_t* src = data.get() + (r % distinct) * row_bytes;
-      uint8_t* dst = data.get() + r * row_bytes;
-      const int64_t split = (r / distinct) % n_blocks * traits->block_bytes;
-      std::memcpy(dst, src + split, static_cast<size_t>(row_bytes - split));
-      std::memcpy(dst + row_bytes - split, src, static_cast<size_t>(split));
-    }
+    FillSyntheticRows(type, rows, cols, seed, data.get());
   }
   matrices_[name] = QuantMatrix{type, rows, cols, row_bytes, data.get()};
   total_bytes_ += rows * row_bytes;

@@ -51,6 +51,13 @@ class GgufWeights final : public WeightSource {
 // layers [0, n_layers) of the config are built (a benchmark may shrink config.n_layers).
 // Rows are copies of a few dozen distinct quantized random rows, so building 8B takes seconds
 // while the bytes streamed per token are exactly those of the real model.
+// Fills `out` (rows x cols of `type`, rows packed at their exact size) with synthetic weights:
+// N(0, 1/sqrt(cols)) rows quantized by the format's reference quantizer. Small matrices
+// (rows * cols <= 2^20) get all-distinct rows; larger ones a few distinct rows tiled over the
+// rest, each copy rotated by a different number of whole blocks, so that no two rows (and no two
+// memory pages) hold the same bytes. `type` must have quant traits.
+void FillSyntheticRows(GgmlType type, int64_t rows, int64_t cols, uint64_t seed, uint8_t* out);
+
 class SyntheticWeights final : public WeightSource {
  public:
   static absl::StatusOr<std::unique_ptr<SyntheticWeights>> Create(const ModelConfig& config,

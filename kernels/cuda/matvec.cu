@@ -54,13 +54,18 @@ __device__ __forceinline__ void WarpCopy(const uint8_t* __restrict__ src, uint8_
   for (int i = lane; i < bytes / kWidth; i += 32) d[i] = __ldg(s + i);
 }
 
-// The same copy as asynchronous shared-memory copies (cp.async; kWidth 4, 8 or 16): they
-// complete at the lane's next __pipeline_wait_prior.
-template <int kWidth>
-__device__ __forceinline__ void WarpCopyAsync(const uint8_t* __restrict__ src, uint8_t* dst,
-                                              int bytes, int lane) {
-  for (int i = lane; i < bytes / kWidth; i += 32) {
-    __pipeline_memcpy_async(dst + i * kWidth, src + i * kWidth, kWidth);
+// The same copy, with kAsync as asynchronous shared-memory copies (cp.async, which has forms
+// for 4, 8 and 16 bytes; two-byte copies stay synchronous): they complete at the lane's next
+// __pipeline_wait_prior.
+template <int kWidth, bool kAsync>
+__device__ __forceinline__ void WarpCopyTo(const uint8_t* __restrict__ src, uint8_t* dst,
+                                           int bytes, int lane) {
+  if constexpr (kAsync && kWidth >= 4) {
+    for (int i = lane; i < bytes / kWidth; i += 32) {
+      __pipeline_memcpy_async(dst + i * kWidth, src + i * kWidth, kWidth);
+    }
+  } else {
+    WarpCopy<kWidth>(src, dst, bytes, lane);
   }
 }
 
@@ -99,20 +104,11 @@ __global__ void __launch_bounds__(kWarps * 32)
       const int64_t row = r0 + r < rows ? r0 + r : rows - 1;
       const uint8_t* src = w + row * row_bytes + offset;
       uint8_t* dst = staged[buf][warp][r];
-      if constexpr (kPipelined) {
-        switch (copy_width) {  // warp-uniform; two-byte copies have no cp.async form
-          case 16: WarpCopyAsync<16>(src, dst, seg_bytes, lane); break;
-          case 8: WarpCopyAsync<8>(src, dst, seg_bytes, lane); break;
-          case 4: WarpCopyAsync<4>(src, dst, seg_bytes, lane); break;
-          default: WarpCopy<2>(src, dst, seg_bytes, lane); break;
-        }
-      } else {
-        switch (copy_width) {
-          case 16: WarpCopy<16>(src, dst, seg_bytes, lane); break;
-          case 8: WarpCopy<8>(src, dst, seg_bytes, lane); break;
-          case 4: WarpCopy<4>(src, dst, seg_bytes, lane); break;
-          default: WarpCopy<2>(src, dst, seg_bytes, lane); break;
-        }
+      switch (copy_width) {  // warp-uniform
+        case 16: WarpCopyTo<16, kPipelined>(src, dst, seg_bytes, lane); break;
+        case 8: WarpCopyTo<8, kPipelined>(src, dst, seg_bytes, lane); break;
+        case 4: WarpCopyTo<4, kPipelined>(src, dst, seg_bytes, lane); break;
+        default: WarpCopyTo<2, kPipelined>(src, dst, seg_bytes, lane); break;
       }
     }
   };
