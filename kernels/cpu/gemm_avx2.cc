@@ -36,6 +36,7 @@ struct Ops256 {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, w),
                                                    _mm256_set1_epi16(1)));
   }
+  static I DotB(I acc, I a, const int8_t* p) { return Dot(acc, a, Bcast(p)); }
   static I DotPairs(I acc, I a, I b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
   static I AddI(I a, I b) { return _mm256_add_epi32(a, b); }
   static I MulLoI(I a, I b) { return _mm256_mullo_epi32(a, b); }
@@ -64,6 +65,7 @@ struct Ops256Signed : Ops256 {
     const I prod = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
     return _mm256_add_epi32(acc, _mm256_madd_epi16(prod, _mm256_set1_epi16(1)));
   }
+  static I DotB(I acc, I a, const int8_t* p) { return Dot(acc, a, Bcast(p)); }
 };
 
 constexpr int kRows = 2, kPanels = 1;

@@ -276,13 +276,20 @@ void DecodeKGroup(const uint8_t* w, int64_t w_stride, int mr, int next_rows, int
 // One MR x (16 NP) tile over all super-blocks, chain by chain (canonical order). Ops: one
 // instruction set's vectors as in gemm_x86.h, plus AddI, MulLoI (exact int32 products) and
 // DotPairs(acc, a, b) (acc + per-lane sum of the two int16 x int16 products, exact).
-template <typename Ops, bool kMins, int MR, int NP>
+// kSub: elements per sub-block scale (32 for Q4_K / Q5_K, whose sc array holds each scale
+// twice; 16 for the others), so the scale multiplies once per sub-block. Each sub-block's
+// products go into two accumulators (even and odd groups of 4) when the tile has fewer than 8
+// chains of them, so that the dot products' latency overlaps. All of it is integer arithmetic
+// that cannot overflow (|sum| < 2^31), so the order does not change a bit.
+template <typename Ops, bool kMins, int kSub, int MR, int NP>
 void KTile(const KRow* rows, const uint8_t* const* panel, int64_t n_blocks, float* out) {
   using I = typename Ops::I;
   using F = typename Ops::F;
   constexpr int V = Ops::kVecs;
   constexpr int kLaneBytes = 64 / V;  // bytes of one vector of one 64-byte panel row
   constexpr int kTileFloats = MR * NP * 16;
+  constexpr int kGroups = kSub / 4;                // groups of 4 elements per sub-block
+  constexpr int kSplit = MR * NP * V < 8 ? 2 : 1;  // accumulators per sub-block
   alignas(64) float chains[kSumChains][kTileFloats];
   for (int c = 0; c < kSumChains; ++c) {
     F acc[MR][NP][V];
@@ -293,32 +300,40 @@ void KTile(const KRow* rows, const uint8_t* const* panel, int64_t n_blocks, floa
     for (int64_t k = ChainStart(c, n_blocks); k < end; ++k) {
       const uint8_t* pb[NP];
       for (int p = 0; p < NP; ++p) pb[p] = panel[p] + k * kKGemmPanelBlockBytes;
+      const int8_t* codes[MR];
+      for (int r = 0; r < MR; ++r) codes[r] = rows[r].codes + 256 * k;
       I sumi[MR][NP][V];
       for (int r = 0; r < MR; ++r) {
         const I bias = Ops::SetI(rows[r].bias[k]);
         for (int p = 0; p < NP; ++p)
           for (int v = 0; v < V; ++v) sumi[r][p][v] = bias;
       }
-      for (int j = 0; j < 16; ++j) {  // sub-blocks of 16 elements: 4 groups of 4
-        I s[MR][NP][V];
-        for (int r = 0; r < MR; ++r)
-          for (int p = 0; p < NP; ++p)
-            for (int v = 0; v < V; ++v) s[r][p][v] = Ops::ZeroI();
-        for (int g = 4 * j; g < 4 * j + 4; ++g) {
+      for (int j = 0; j < 256 / kSub; ++j) {
+        I s[kSplit][MR][NP][V];
+        for (int h = 0; h < kSplit; ++h)
+          for (int r = 0; r < MR; ++r)
+            for (int p = 0; p < NP; ++p)
+              for (int v = 0; v < V; ++v) s[h][r][p][v] = Ops::ZeroI();
+#pragma GCC unroll 8
+        for (int gi = 0; gi < kGroups; ++gi) {
+          const int g = kGroups * j + gi;
+          const int h = gi % kSplit;
           I a[NP][V];
           for (int p = 0; p < NP; ++p)
             for (int v = 0; v < V; ++v) a[p][v] = Ops::LoadA(pb[p] + 64 * g + kLaneBytes * v);
-          for (int r = 0; r < MR; ++r) {
-            const I w = Ops::Bcast(rows[r].codes + 256 * k + 4 * g);
+          for (int r = 0; r < MR; ++r)
             for (int p = 0; p < NP; ++p)
-              for (int v = 0; v < V; ++v) s[r][p][v] = Ops::Dot(s[r][p][v], a[p][v], w);
-          }
+              for (int v = 0; v < V; ++v) {
+                s[h][r][p][v] = Ops::DotB(s[h][r][p][v], a[p][v], codes[r] + 4 * g);
+              }
         }
         for (int r = 0; r < MR; ++r) {
-          const I sc = Ops::SetI(rows[r].sc[16 * k + j]);
+          const I sc = Ops::SetI(rows[r].sc[16 * k + kSub / 16 * j]);
           for (int p = 0; p < NP; ++p)
             for (int v = 0; v < V; ++v) {
-              sumi[r][p][v] = Ops::AddI(sumi[r][p][v], Ops::MulLoI(s[r][p][v], sc));
+              I sj = s[0][r][p][v];
+              if constexpr (kSplit == 2) sj = Ops::AddI(sj, s[1][r][p][v]);
+              sumi[r][p][v] = Ops::AddI(sumi[r][p][v], Ops::MulLoI(sj, sc));
             }
         }
       }
@@ -366,11 +381,11 @@ void KTile(const KRow* rows, const uint8_t* const* panel, int64_t n_blocks, floa
   StoreChainSums<Ops>(chains[0], kTileFloats, out);
 }
 
-template <typename Ops, bool kMins>
+template <typename Ops, bool kMins, int kSub>
 struct KTiles {
   template <int MR, int NP>
   static void Tile(const KRow* rows, const uint8_t* const* panel, int64_t n_blocks, float* out) {
-    KTile<Ops, kMins, MR, NP>(rows, panel, n_blocks, out);
+    KTile<Ops, kMins, kSub, MR, NP>(rows, panel, n_blocks, out);
   }
 };
 
@@ -378,7 +393,8 @@ template <typename Ops, int MR, int NP, GgmlType kType>
 GemmRowsFn KRowsFor() {
   constexpr bool kMins = kType == GgmlType::kQ2_K || kType == GgmlType::kQ4_K ||
                          kType == GgmlType::kQ5_K;
-  return GemmRowsOf<KLayout, MR, NP, SelectTileOf<KRow, KTiles<Ops, kMins>, MR, NP>,
+  constexpr int kSub = kType == GgmlType::kQ4_K || kType == GgmlType::kQ5_K ? 32 : 16;
+  return GemmRowsOf<KLayout, MR, NP, SelectTileOf<KRow, KTiles<Ops, kMins, kSub>, MR, NP>,
                     DecodeKGroup<kType, MR>>;
 }
 

@@ -24,6 +24,16 @@ struct Ops512 {
     return _mm512_set1_epi32(v);
   }
   static I Dot(I acc, I a, I w) { return _mm512_dpbusd_epi32(acc, a, w); }
+  // Dot(acc, a, Bcast(p)) as one instruction with an embedded broadcast: GCC 12 does not fold
+  // the broadcast load into vpdpbusd, and the separate vpbroadcastd was half of the tiles'
+  // instructions where each weight group meets one panel (decode batches of 16).
+  static I DotB(I acc, I a, const int8_t* p) {
+    using Group = int32_t __attribute__((may_alias));
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0"
+            : "+v"(acc)
+            : "v"(a), "m"(*reinterpret_cast<const Group*>(p)));
+    return acc;
+  }
   static I DotPairs(I acc, I a, I b) { return _mm512_dpwssd_epi32(acc, a, b); }
   static I AddI(I a, I b) { return _mm512_add_epi32(a, b); }
   static I MulLoI(I a, I b) { return _mm512_mullo_epi32(a, b); }

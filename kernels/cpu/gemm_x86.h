@@ -8,6 +8,7 @@
 //                        accumulator starts at -128 * sum(codes) of the weight block
 //   LoadA(p), Bcast(p)   64 / (32 kVecs) bytes of panel codes; one 32-bit weight group to all lanes
 //   Dot(acc, a, w)       acc + per-lane sum of 4 products of a's bytes with w's bytes (exact)
+//   DotB(acc, a, p)      Dot(acc, a, Bcast(p))
 //   ZeroI, SetI, ZeroF, SetF, LoadF, StoreF, Cvt, Mul, Add, Opaque (blocks FMA contraction)
 // Fmt is a block format of block32_avx2.h / block32_avx512vnni.h (kBytes, kSignedCodes,
 // kCodeBias = 0, Codes, kOffsetFactor and kOffsetField): w = d * code + off_w with
@@ -167,11 +168,11 @@ void GemmTile(const DecodedRow* rows, const uint8_t* const* panel, int64_t n_blo
         I a[NP][V];
         for (int p = 0; p < NP; ++p)
           for (int v = 0; v < V; ++v) a[p][v] = Ops::LoadA(pb[p] + 64 * g + kLaneBytes * v);
-        for (int r = 0; r < MR; ++r) {
-          const I w = Ops::Bcast(rows[r].codes + 32 * k + 4 * g);
+        for (int r = 0; r < MR; ++r)
           for (int p = 0; p < NP; ++p)
-            for (int v = 0; v < V; ++v) is[r][p][v] = Ops::Dot(is[r][p][v], a[p][v], w);
-        }
+            for (int v = 0; v < V; ++v) {
+              is[r][p][v] = Ops::DotB(is[r][p][v], a[p][v], rows[r].codes + 32 * k + 4 * g);
+            }
       }
       // The canonical term, lane by lane: t = ((d_w * d_a) * dot) + off_w * ds.
       for (int p = 0; p < NP; ++p) {
