@@ -68,14 +68,20 @@ inline void HalfSums(__m256i v, int32_t* lo, int32_t* hi) {
   *hi = static_cast<int32_t>(_mm_cvtsi128_si64(b) + _mm_extract_epi64(b, 1));
 }
 
-// sum_i u_i * s_i over 32 unsigned bytes u (< 128) with s_i byte j0 of scales_twice for bytes
-// 0..15 and byte j1 for bytes 16..31 (int8 scales, the same 16 in both 128-bit halves), as
-// int32 lanes; exact (a pair of products is at most 2 * 127 * 128 < 2^15).
-inline __m256i ScaledSums(__m256i u, __m256i scales_twice, int j0, int j1) {
+// acc + sum_i u_i * s_i over 32 unsigned bytes u (< 128) with s_i byte j0 of scales_twice for
+// bytes 0..15 and byte j1 for bytes 16..31 (int8 scales, the same 16 in both 128-bit halves),
+// as int32 lanes; exact (a pair of products is at most 2 * 127 * 128 < 2^15). One vpdpbusd
+// where the including file has AVX-512 VNNI, else vpmaddubsw + vpmaddwd + vpaddd.
+inline __m256i AddScaledSums(__m256i acc, __m256i u, __m256i scales_twice, int j0, int j1) {
   const __m256i pick = _mm256_set_m128i(_mm_set1_epi8(static_cast<char>(j1)),
                                         _mm_set1_epi8(static_cast<char>(j0)));
   const __m256i sc = _mm256_shuffle_epi8(scales_twice, pick);
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, sc), _mm256_set1_epi16(1));
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, sc);
+#else
+  return _mm256_add_epi32(acc,
+                          _mm256_madd_epi16(_mm256_maddubs_epi16(u, sc), _mm256_set1_epi16(1)));
+#endif
 }
 
 // One Q4_K or Q5_K super-block the way DecodeKGroup lays it out, with AVX2 instead of the
@@ -118,7 +124,7 @@ inline void DecodeQ45KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int
     for (int e = 0; e < 2; ++e) {
       const int j = 2 * p + e;  // 32-element sub-block
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 32 * j), half[e]);
-      corr = _mm256_add_epi32(corr, ScaledSums(half[e], sc8, j, j));
+      corr = AddScaledSums(corr, half[e], sc8, j, j);
     }
   }
   *bias = -128 * HorizontalSumI32(corr);
@@ -161,7 +167,7 @@ inline void DecodeQ23KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int
       const __m256i c = kThreeBits ? _mm256_sub_epi8(u, _mm256_set1_epi8(4)) : u;
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 128 * h + 32 * k), c);
       const int j = 8 * h + 2 * k;  // 16-element sub-blocks j, j + 1
-      corr = _mm256_add_epi32(corr, ScaledSums(u, scales_twice, j, j + 1));
+      corr = AddScaledSums(corr, u, scales_twice, j, j + 1);
     }
   }
   int32_t correction = HorizontalSumI32(corr);
@@ -186,10 +192,13 @@ inline void DecodeQ6KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int3
   auto bits = [](__m256i v, int mask) { return _mm256_and_si256(v, _mm256_set1_epi8(mask)); };
   const __m128i sc16 = Load128(scales);
   const __m256i scales_twice = _mm256_broadcastsi128_si256(sc16);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(sc), _mm256_cvtepi8_epi32(sc16));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(sc + 8),
-                      _mm256_cvtepi8_epi32(_mm_srli_si128(sc16, 8)));
-  __m256i corr = _mm256_setzero_si256();  // sum_j sc_j * (sum of sub-block j's codes + 32)
+  const __m256i sc_lo = _mm256_cvtepi8_epi32(sc16);
+  const __m256i sc_hi = _mm256_cvtepi8_epi32(_mm_srli_si128(sc16, 8));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(sc), sc_lo);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(sc + 8), sc_hi);
+  // sum_j sc_j * (sum of sub-block j's codes + 32), less 16 * 32 * sc_j per sub-block (the
+  // codes are e - 32).
+  __m256i corr = _mm256_mullo_epi32(_mm256_add_epi32(sc_lo, sc_hi), _mm256_set1_epi32(-16 * 32));
   for (int h = 0; h < 2; ++h) {
     const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 64 * h));
     const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 64 * h + 32));
@@ -205,13 +214,11 @@ inline void DecodeQ6KBlock(const uint8_t* blk, uint8_t* codes, int32_t* sc, int3
       const int j = 8 * h + 2 * q;  // 16-element sub-blocks j, j + 1
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 128 * h + 32 * q),
                           _mm256_sub_epi8(e[q], _mm256_set1_epi8(32)));
-      corr = _mm256_add_epi32(corr, ScaledSums(e[q], scales_twice, j, j + 1));
+      corr = AddScaledSums(corr, e[q], scales_twice, j, j + 1);
     }
   }
-  int32_t correction = HorizontalSumI32(corr);
-  for (int j = 0; j < 16; ++j) correction -= 16 * 32 * sc[j];  // the codes are e - 32
-  for (int i = 0; i < 8; ++i) mpairs[i] = 0;
-  *bias = -128 * correction;
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(mpairs), _mm256_setzero_si256());
+  *bias = -128 * HorizontalSumI32(corr);
   *d = LoadFp16(blk + 208);
   *dmin = 0.0f;
 }
@@ -227,8 +234,11 @@ void DecodeKGroup(const uint8_t* w, int64_t w_stride, int mr, int next_rows, int
   for (int r = 0; r < MR; ++r) {
     uint8_t* out = dec + r * row_bytes;
     rows[r] = ViewKRow(out, n_blocks);
-    PrefetchNextRow<MR>(w, w_stride, r, next_rows);
-    if (r >= mr) continue;
+    RowPrefetcher prefetch = NextRowPrefetcher<MR>(w, w_stride, r, next_rows);
+    if (r >= mr) {
+      prefetch.Finish();
+      continue;
+    }
     auto* sc = reinterpret_cast<int32_t*>(out + 256 * n_blocks);
     auto* mpairs = reinterpret_cast<int32_t*>(out + 320 * n_blocks);
     auto* bias = reinterpret_cast<int32_t*>(out + 352 * n_blocks);
@@ -236,6 +246,7 @@ void DecodeKGroup(const uint8_t* w, int64_t w_stride, int mr, int next_rows, int
     auto* dmin = reinterpret_cast<float*>(out + 360 * n_blocks);
     for (int64_t b = 0; b < n_blocks; ++b) {
       const int64_t s = ChainSlot(b, n_blocks);
+      prefetch.UpTo((b + 1) * block_bytes);
       if constexpr (kType == GgmlType::kQ4_K || kType == GgmlType::kQ5_K) {
         DecodeQ45KBlock<kType == GgmlType::kQ5_K>(w + r * w_stride + b * block_bytes,
                                                   out + 256 * s, sc + 16 * s, mpairs + 8 * s,
@@ -270,6 +281,7 @@ void DecodeKGroup(const uint8_t* w, int64_t w_stride, int mr, int next_rows, int
       d[s] = k.d;
       dmin[s] = k.dmin;
     }
+    prefetch.Finish();
   }
 }
 

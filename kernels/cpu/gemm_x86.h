@@ -48,6 +48,37 @@ inline DecodedRow ViewDecodedRow(const uint8_t* p, int64_t n_blocks) {
           reinterpret_cast<const float*>(p + 40 * n_blocks)};
 }
 
+// Prefetches the row `next` (`bytes` long) into L2 in step with the decoding of another row:
+// UpTo(n) issues the prefetches of next's first n bytes not yet issued. Spread over a row's
+// blocks, a few per block, the prefetches leave the miss buffers to the decoder's own loads;
+// issued as one burst per row (PrefetchNextRow) they stalled the decoder: decode batches of 16
+// ran 20-35% slower than with the weights in L2.
+class RowPrefetcher {
+ public:
+  RowPrefetcher() = default;
+  RowPrefetcher(const uint8_t* next, int64_t bytes) : next_(next), end_(bytes) {}
+  void UpTo(int64_t n) {
+    // Lines of next_ + done_ on; the last line of the row is covered by the step past end_.
+    for (const int64_t stop = std::min(n, end_ + 63); done_ < stop; done_ += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(next_ + done_), _MM_HINT_T1);
+    }
+  }
+  void Finish() { UpTo(end_ + 63); }
+
+ private:
+  const uint8_t* next_ = nullptr;
+  int64_t end_ = 0;  // nothing to prefetch by default
+  int64_t done_ = 0;
+};
+
+// The prefetcher of row i of the group after the one at w (MR rows of w_stride bytes): row
+// MR + i of w when i < next_rows, else one that prefetches nothing.
+template <int MR>
+inline RowPrefetcher NextRowPrefetcher(const uint8_t* w, int64_t w_stride, int i, int next_rows) {
+  if (i >= next_rows) return RowPrefetcher();
+  return RowPrefetcher(w + (MR + i) * w_stride, w_stride);
+}
+
 // The blocks of a weight row as the GEMM decoders read them: Blocks::ForEach(row, n_blocks, fn)
 // calls fn(k, codes, d, field) for k = 0 .. n_blocks - 1 in order, with block k's 32 codes
 // (bytes, element order), its d and its offset field (the fp16 at Fmt::kOffsetField) as
@@ -99,7 +130,7 @@ struct InterleavedBlocks {
 // like the panels. The weights are read in storage order (a sequential stream from memory);
 // the scattered writes stay in the thread's cached buffer.
 template <typename Fmt, typename Blocks = GgufBlocks<Fmt>>
-void DecodeRow(const uint8_t* w, int64_t n_blocks, uint8_t* out) {
+void DecodeRow(const uint8_t* w, int64_t n_blocks, uint8_t* out, RowPrefetcher* prefetch) {
   static_assert(Fmt::kCodeBias == 0, "the GEMM multiplies the codes as they are");
   auto* bias = reinterpret_cast<int32_t*>(out + 32 * n_blocks);
   auto* d = reinterpret_cast<float*>(out + 36 * n_blocks);
@@ -108,6 +139,7 @@ void DecodeRow(const uint8_t* w, int64_t n_blocks, uint8_t* out) {
   for (int c = 0; c < kSumChains; ++c) start[c] = ChainStart(c, n_blocks);
   Blocks::ForEach(w, n_blocks, [&](int64_t k, __m256i codes, float dk, float field) {
     const int64_t s = start[k % kSumChains] + k / kSumChains;
+    prefetch->UpTo((k + 1) * Fmt::kBytes);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 32 * s), codes);
     // Sum of the codes: vpsadbw against zero sums unsigned bytes; signed codes are biased.
     const __m256i u = Fmt::kSignedCodes
@@ -266,8 +298,11 @@ void DecodeGroup(const uint8_t* w, int64_t w_stride, int mr, int next_rows, int6
                  uint8_t* dec, DecodedRow* rows) {
   const int64_t dec_bytes = DecodedRowBytes(n_blocks);
   for (int i = 0; i < MR; ++i) {
-    PrefetchNextRow<MR>(w, w_stride, i, next_rows);
-    if (i < mr) DecodeRow<Fmt, Blocks>(w + i * w_stride, n_blocks, dec + i * dec_bytes);
+    RowPrefetcher prefetch = NextRowPrefetcher<MR>(w, w_stride, i, next_rows);
+    if (i < mr) {
+      DecodeRow<Fmt, Blocks>(w + i * w_stride, n_blocks, dec + i * dec_bytes, &prefetch);
+    }
+    prefetch.Finish();
     rows[i] = ViewDecodedRow(dec + i * dec_bytes, n_blocks);
   }
 }
