@@ -51,10 +51,11 @@ ABSL_FLAG(int, ab_reps, 0,
           "if > 0: instead of the table, time the row-dot and the tiled (GEMM) path of each "
           "batch size alternately this many times (--min_seconds each) and print the best of each");
 ABSL_FLAG(std::string, isa, "", "force scalar|avx2|avx512|avx512_vnni|amx (default: best)");
-ABSL_FLAG(std::string, layout, "both",
-          "gguf|interleaved|both: the weight layouts timed for Q4_0/Q4_1 (kernels/quant/"
-          "interleave.h; the CPU backend stores those interleaved where the ISA is "
-          "avx512_vnni or amx); rows of the interleaved layout are named Q4_0/il");
+ABSL_FLAG(std::string, layout, "all",
+          "gguf|interleaved|stripes|all, or a comma-separated list: the weight layouts timed "
+          "for Q4_0/Q4_1 (kernels/quant/interleave.h; the CPU backend stores those striped "
+          "where the ISA is avx512_vnni, interleaved where it is amx); rows of the interleaved "
+          "layout are named Q4_0/il, of the striped one Q4_0/st (rows: a multiple of 16)");
 
 namespace tessera {
 namespace {
@@ -109,6 +110,10 @@ WeightSet MakeWeightSet(const QuantTraits& traits, int64_t rows, int64_t cols, i
       InterleaveRow(traits.type, gguf.data(), cols / traits.block_elems,
                     seed.data() + r * row_bytes);
     }
+  }
+  if (layout == WeightLayout::kStripes16) {  // the seed is one stripe; rows copy it bytewise
+    const std::vector<uint8_t> gguf = seed;
+    StripeRows(traits.type, gguf.data(), row_bytes, cols / traits.block_elems, seed.data());
   }
   const int64_t total_rows = n_mats * rows;
   pool->Run([&](int t, int nt) {  // each thread touches its own share first
@@ -202,9 +207,20 @@ int Main() {
     }
     formats.push_back(FindQuantTraits(*type));
   }
-  const std::string layout_flag = absl::GetFlag(FLAGS_layout);
-  if (layout_flag != "gguf" && layout_flag != "interleaved" && layout_flag != "both") {
-    absl::FPrintF(stderr, "--layout: '%s' is not gguf, interleaved or both\n", layout_flag);
+  std::vector<WeightLayout> layouts;
+  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_layout), ',')) {
+    if (part == "gguf" || part == "all") layouts.push_back(WeightLayout::kGguf);
+    if (part == "interleaved" || part == "all") layouts.push_back(WeightLayout::kInterleaved8);
+    if (part == "stripes" || part == "all") layouts.push_back(WeightLayout::kStripes16);
+    if (part != "gguf" && part != "interleaved" && part != "stripes" && part != "all") {
+      absl::FPrintF(stderr, "--layout: '%s' is not gguf, interleaved, stripes or all\n", part);
+      return 2;
+    }
+  }
+  if (std::find(layouts.begin(), layouts.end(), WeightLayout::kStripes16) != layouts.end() &&
+      rows % kStripeRows != 0) {
+    absl::FPrintF(stderr, "--layout stripes: --rows %d is not a multiple of %d\n", rows,
+                  kStripeRows);
     return 2;
   }
 
@@ -224,13 +240,17 @@ int Main() {
                "weight GB/s", "% of BW", "GFLOP/s", "cpu%");
   std::vector<std::pair<const QuantTraits*, WeightLayout>> runs;
   for (const QuantTraits* traits : formats) {
-    const bool il = InterleaveSupported(traits->type);
-    if (!il || layout_flag != "interleaved") runs.emplace_back(traits, WeightLayout::kGguf);
-    if (il && layout_flag != "gguf") runs.emplace_back(traits, WeightLayout::kInterleaved8);
+    if (!InterleaveSupported(traits->type)) {
+      runs.emplace_back(traits, WeightLayout::kGguf);
+      continue;
+    }
+    for (WeightLayout layout : layouts) runs.emplace_back(traits, layout);
   }
   for (const auto& [traits, layout] : runs) {
     const std::string name =
-        absl::StrCat(traits->name, layout == WeightLayout::kInterleaved8 ? "/il" : "");
+        absl::StrCat(traits->name, layout == WeightLayout::kInterleaved8 ? "/il"
+                                   : layout == WeightLayout::kStripes16  ? "/st"
+                                                                         : "");
     ThreadPool fill_pool(static_cast<int>(*std::max_element(threads.begin(), threads.end())));
     const WeightSet set = MakeWeightSet(*traits, rows, cols, absl::GetFlag(FLAGS_set_mib) << 20,
                                         layout, &fill_pool);

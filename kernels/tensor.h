@@ -32,7 +32,13 @@ struct TensorView {
 //   kInterleaved8: the CPU backend's layout for Q4_0 and Q4_1 (kernels/quant/interleave.h):
 //     each run of eight blocks regrouped so that a 512-bit kernel decodes four blocks per
 //     load; the same bytes per row, so strides and row slices are unchanged.
-enum class WeightLayout { kGguf, kInterleaved8 };
+//   kStripes16: the CPU backend's layout for Q4_0 and Q4_1 on AVX-512 VNNI without AMX
+//     (kernels/quant/interleave.h): each run of 16 rows regrouped block by block, so that a
+//     512-bit register holds one 4-element group of all 16 rows and the batch's activations
+//     multiply it by broadcast; rows come in whole stripes (rows a multiple of 16), the same
+//     bytes per row.
+enum class WeightLayout { kGguf, kInterleaved8, kStripes16 };
+inline constexpr int kStripeRows = 16;  // rows per stripe of kStripes16
 
 // A 2-D quantized weight matrix: `rows` rows of `cols` elements, row r starting at
 // data + r * row_bytes. Linear layers compute y = W x, so rows = output features and
@@ -51,7 +57,7 @@ struct QuantMatrix {
 // Rows [row0, row0 + rows) and columns [col0, col0 + cols) of `m`, without copying: the view
 // keeps m's row stride. Column bounds must fall on block boundaries of m's type (a tensor-
 // parallel split of a quantized row cannot cut a block); an interleaved matrix can be cut
-// into rows only (its columns are regrouped).
+// into rows only (its columns are regrouped), a striped one into whole stripes only.
 absl::StatusOr<QuantMatrix> SliceMatrix(const QuantMatrix& m, int64_t row0, int64_t rows,
                                         int64_t col0, int64_t cols);
 

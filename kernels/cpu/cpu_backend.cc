@@ -28,11 +28,11 @@ class HostWeight final : public Weight {
  public:
   // A view of the caller's memory (the mmap).
   explicit HostWeight(const QuantMatrix& m) : m_(m) {}
-  // A copy of m in the backend's huge-page memory, rows compact (row_bytes apart), interleaved
-  // (kernels/quant/interleave.h) when `interleave`; the rows are copied by the pool's threads.
+  // A copy of m in the backend's huge-page memory, rows compact (row_bytes apart), in `layout`
+  // (kernels/quant/interleave.h); the rows are copied by the pool's threads.
   static absl::StatusOr<std::unique_ptr<HostWeight>> Copy(const QuantMatrix& m, int64_t row_bytes,
-                                                          bool interleave, HugePageArena* arena,
-                                                          ThreadPool* pool) {
+                                                          WeightLayout layout,
+                                                          HugePageArena* arena, ThreadPool* pool) {
     auto w = std::make_unique<HostWeight>(m);
     const int64_t bytes = m.rows * row_bytes;
     absl::StatusOr<HugePagePiece> piece = arena->Allocate(bytes);
@@ -45,11 +45,14 @@ class HostWeight final : public Weight {
     w->owned_ = *std::move(piece);
     uint8_t* dst = w->owned_.data;
     const int64_t n_blocks = m.cols / FindQuantTraits(m.type)->block_elems;
+    const bool striped = layout == WeightLayout::kStripes16;
     pool->Run([&](int thread, int n_threads) {
       int64_t begin, end;
-      ThreadPool::Share(m.rows, thread, n_threads, 1, &begin, &end);
-      for (int64_t r = begin; r < end; ++r) {
-        if (interleave) {
+      ThreadPool::Share(m.rows, thread, n_threads, striped ? kStripeRows : 1, &begin, &end);
+      for (int64_t r = begin; r < end; r += striped ? kStripeRows : 1) {
+        if (striped) {
+          StripeRows(m.type, m.row(r), m.row_bytes, n_blocks, dst + r * row_bytes);
+        } else if (layout == WeightLayout::kInterleaved8) {
           InterleaveRow(m.type, m.row(r), n_blocks, dst + r * row_bytes);
         } else {
           std::memcpy(dst + r * row_bytes, m.row(r), static_cast<size_t>(row_bytes));
@@ -58,7 +61,7 @@ class HostWeight final : public Weight {
     });
     w->m_.data = dst;
     w->m_.row_bytes = row_bytes;
-    if (interleave) w->m_.layout = WeightLayout::kInterleaved8;
+    w->m_.layout = layout;
     w->bytes_ = bytes;
     return w;
   }
@@ -144,6 +147,13 @@ bool InterleaveWanted(bool copy_weights) {
   return EnvEnables("TESSERA_CPU_INTERLEAVE", "Q4_0/Q4_1 weights are interleaved");
 }
 
+// Whether Q4_0/Q4_1 matrices of whole stripes take the striped layout instead: on AVX-512 VNNI
+// without AMX (whose tiled prefill reads the interleaved rows), unless TESSERA_CPU_STRIPES=0.
+bool StripesWanted(bool interleave) {
+  if (!interleave || DetectCpuIsa() != CpuIsa::kAvx512Vnni) return false;
+  return EnvEnables("TESSERA_CPU_STRIPES", "Q4_0/Q4_1 weights are striped");
+}
+
 // Whether the other weights are copied into huge pages: where the kernel offers them, unless
 // TESSERA_CPU_HUGE_PAGES=0 says not to.
 bool HugePagesWanted(bool copy_weights) {
@@ -157,6 +167,7 @@ CpuBackend::CpuBackend(int n_threads, bool exact_matmul, bool copy_weights)
     : pool_(std::max(1, n_threads)),
       exact_matmul_(exact_matmul),
       interleave_(InterleaveWanted(copy_weights)),
+      stripes_(StripesWanted(interleave_)),
       huge_pages_(HugePagesWanted(copy_weights)) {}
 
 void CpuBackend::ParallelFor(int64_t n, int64_t granule, int64_t min_parallel,
@@ -174,7 +185,10 @@ void CpuBackend::ParallelFor(int64_t n, int64_t granule, int64_t min_parallel,
 
 std::string CpuBackend::name() const {
   return absl::StrCat("cpu (", std::string(CpuIsaName(DetectCpuIsa())), ", ", pool_.size(),
-                      " threads", interleave_ ? ", Q4_0/Q4_1 interleaved" : "",
+                      " threads",
+                      stripes_      ? ", Q4_0/Q4_1 striped"
+                      : interleave_ ? ", Q4_0/Q4_1 interleaved"
+                                    : "",
                       huge_pages_ ? ", weights in 2 MiB pages" : "", ")");
 }
 
@@ -192,12 +206,18 @@ absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::LoadWeight(const QuantMatrix
                                                    " row_bytes=", host.row_bytes));
   }
   if (host.layout != WeightLayout::kGguf) return std::make_unique<HostWeight>(host);
-  const bool interleave = interleave_ && InterleaveSupported(host.type) &&
-                          host.cols >= kInterleaveBlocks * traits->block_elems;
-  if (interleave || huge_pages_) {
+  WeightLayout layout = WeightLayout::kGguf;
+  if (interleave_ && InterleaveSupported(host.type)) {
+    if (stripes_ && host.rows % kStripeRows == 0) {
+      layout = WeightLayout::kStripes16;
+    } else if (host.cols >= kInterleaveBlocks * traits->block_elems) {
+      layout = WeightLayout::kInterleaved8;
+    }
+  }
+  if (layout != WeightLayout::kGguf || huge_pages_) {
     TESSERA_ASSIGN_OR_RETURN(
         std::unique_ptr<HostWeight> w,
-        HostWeight::Copy(host, *row_bytes, interleave, &weight_memory_, &pool_));
+        HostWeight::Copy(host, *row_bytes, layout, &weight_memory_, &pool_));
     return std::unique_ptr<Weight>(std::move(w));
   }
   return std::make_unique<HostWeight>(host);

@@ -73,6 +73,16 @@ RowDotFn Avx512VnniRowDot(GgmlType type);
 // Q4_0 / Q4_1 rows in the interleaved layout (kernels/quant/interleave.h); nullptr for other
 // types. Only AVX-512 VNNI has them: MatMulQ runs the others' kernels on deinterleaved copies.
 RowDotFn Avx512VnniInterleavedRowDot(GgmlType type);
+// Q4_0 / Q4_1 matrices in the striped layout (kernels/quant/interleave.h): rows
+// [row_begin, row_end) (whole stripes: multiples of kStripeRows) of the matrix at w (row_bytes
+// per row) against n_batch activation rows (ActRow32, act_stride apart), for any n_batch:
+//   y[b * y_stride + r] = sum_k w_r[k] * x_b[k]
+// in the canonical order above. nullptr for other types. Only AVX-512 VNNI has them: MatMulQ
+// runs the other instruction sets' kernels on unstriped copies.
+using StripeRowsFn = void (*)(const uint8_t* w, int64_t row_bytes, int64_t row_begin,
+                              int64_t row_end, int64_t n_blocks, const uint8_t* act,
+                              int64_t act_stride, int64_t n_batch, float* y, int64_t y_stride);
+StripeRowsFn Avx512VnniStripeRows(GgmlType type);
 // The k-quant halves of the tables above (their own files, to keep files short).
 RowDotFn ScalarKQuantRowDot(GgmlType type);
 RowDotFn Avx2KQuantRowDot(GgmlType type);

@@ -144,6 +144,11 @@ absl::Status CheckWeight(const QuantMatrix& w, int64_t n_batch) {
     return absl::InvalidArgumentError(absl::StrCat("MatMulQ: ", traits->name,
                                                    " weights have no interleaved layout"));
   }
+  if (w.layout == WeightLayout::kStripes16 && w.rows % kStripeRows != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("MatMulQ: a striped ", traits->name,
+                                                   " matrix has whole stripes of ", kStripeRows,
+                                                   " rows, not ", w.rows));
+  }
   if (w.row_bytes < *row_bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("MatMulQ: row stride ", w.row_bytes, " bytes is less than the ", *row_bytes,
@@ -157,10 +162,11 @@ struct ProductPlan {
   const QuantMatrix* w;
   float* y;
   RowDotFn dot;
-  GemmRowsFn gemm;    // nullptr: the row-dot path
-  // The kernels read GGUF rows but w is interleaved (below AVX-512 VNNI): they run on
-  // deinterleaved copies of each tile of rows.
-  bool deinterleave;
+  GemmRowsFn gemm;    // nullptr: the row-dot path (or the striped one)
+  StripeRowsFn stripes;  // w is striped and this ISA reads it: every batch size
+  // The kernels read GGUF rows but w is interleaved or striped (below AVX-512 VNNI): they run
+  // on GGUF copies of each tile of rows.
+  bool to_gguf;
   int64_t gguf_row_bytes;
   const uint8_t* act;  // x in the product's activation format
   int64_t act_stride;
@@ -239,6 +245,10 @@ constexpr ActFormat kQuantizedFormats[] = {ActFormat::kBlock32, ActFormat::kBloc
 void RunRowsOf(const ProductPlan& p, const uint8_t* w, int64_t w_stride, int64_t begin,
                int64_t end, int64_t n_batch, float* y) {
   const int64_t y_stride = p.w->rows;
+  if (p.stripes != nullptr) {
+    p.stripes(w, w_stride, begin, end, p.n_blocks, p.act, p.act_stride, n_batch, y, y_stride);
+    return;
+  }
   if (p.gemm != nullptr) {
     p.gemm(w, w_stride, begin, end, p.n_blocks, p.panels, n_batch, y, y_stride);
     return;
@@ -258,11 +268,11 @@ void RunRowsOf(const ProductPlan& p, const uint8_t* w, int64_t w_stride, int64_t
 // Rows [begin, end) of one product.
 void RunRows(const ProductPlan& p, int64_t begin, int64_t end, int64_t n_batch) {
   const QuantMatrix& w = *p.w;
-  if (!p.deinterleave) {
+  if (!p.to_gguf) {
     RunRowsOf(p, w.row(0), w.row_bytes, begin, end, n_batch, p.y);
     return;
   }
-  // Tiles of rows deinterleaved into a cached buffer, then run as GGUF rows 0.. of it. The
+  // Tiles of rows converted to GGUF in a cached buffer, then run as GGUF rows 0.. of it. The
   // tiled path takes 16 rows at a time (whole output groups of GemmRowsOf).
   const int64_t tile = p.gemm != nullptr ? 16 : p.tile_rows;
   thread_local std::vector<uint8_t> rows;
@@ -270,7 +280,7 @@ void RunRows(const ProductPlan& p, int64_t begin, int64_t end, int64_t n_batch) 
   for (int64_t r0 = begin; r0 < end; r0 += tile) {
     const int64_t n = std::min(end - r0, tile);
     for (int64_t r = 0; r < n; ++r) {
-      DeinterleaveRow(w.type, w.row(r0 + r), p.n_blocks, rows.data() + r * p.gguf_row_bytes);
+      ReadGgufRow(w, r0 + r, rows.data() + r * p.gguf_row_bytes);
     }
     RunRowsOf(p, rows.data(), p.gguf_row_bytes, 0, n, n_batch, p.y + r0);
   }
@@ -335,7 +345,9 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
     p.w = &w;
     p.y = products[i].y;
     const bool interleaved = w.layout == WeightLayout::kInterleaved8;
+    const bool striped = w.layout == WeightLayout::kStripes16;
     const bool vnni = options.isa == CpuIsa::kAvx512Vnni || options.isa == CpuIsa::kAmx;
+    p.stripes = striped && vnni ? Avx512VnniStripeRows(w.type) : nullptr;
     p.dot = interleaved && vnni ? Avx512VnniInterleavedRowDot(w.type)
                                 : FindRowDot(w.type, options.isa);
     const ActFormat format = ActFormatFor(w.type);
@@ -345,12 +357,13 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
                   : vnni                            ? kDefaultKQuantGemmMinBatch
                                                     : kDefaultKQuantGemmMinBatchAvx2;
     }
-    p.gemm = n_batch >= min_batch ? FindGemmRows(w.type, options.isa) : nullptr;
+    p.gemm = n_batch >= min_batch && p.stripes == nullptr ? FindGemmRows(w.type, options.isa)
+                                                          : nullptr;
     if (interleaved && vnni && p.gemm != nullptr) {
       p.gemm = options.isa == CpuIsa::kAmx ? AmxInterleavedGemmRows(w.type)
                                            : Avx512VnniInterleavedGemmRows(w.type);
     }
-    p.deinterleave = interleaved && !vnni;
+    p.to_gguf = (interleaved && !vnni) || (striped && p.stripes == nullptr);
     p.gguf_row_bytes = *RowBytes(*traits, cols);
     p.act_stride = ActRowBytes(format, cols);
     p.act = reinterpret_cast<const uint8_t*>(x);

@@ -108,6 +108,69 @@ void DeinterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_
   ConvertRow<false>(type, src, n_blocks, dst);
 }
 
+int64_t StripeSlot(int64_t k, int64_t n_blocks) {
+  // Chains 0 .. c - 1 hold (n_blocks - i + 7) / 8 blocks each.
+  const int64_t c = k % 8;
+  int64_t slot = k / 8;
+  for (int64_t i = 0; i < c; ++i) slot += (n_blocks - i + 7) / 8;
+  return slot;
+}
+
+namespace {
+
+// Where row i's bytes go in a stripe: fn(stripe_offset, row_offset, bytes) for each piece of
+// each block k of the row: nibble bytes 4 c .. 4 c + 3 to 64 c + 4 i of k's unit, the fp16
+// field f (d = 0, m = 1) to 256 + 32 f + 2 i.
+template <typename Fn>
+void ForEachStripePiece(GgmlType type, int64_t n_blocks, int i, Fn fn) {
+  const int block_bytes = static_cast<int>(FindQuantTraits(type)->block_bytes);
+  const int scale_bytes = ScaleBytes(type);
+  const int64_t unit_bytes = int64_t{kStripeRows} * block_bytes;
+  for (int64_t k = 0; k < n_blocks; ++k) {
+    const int64_t unit = StripeSlot(k, n_blocks) * unit_bytes;
+    const int64_t block = k * block_bytes;
+    for (int c = 0; c < 4; ++c) fn(unit + 64 * c + 4 * i, block + scale_bytes + 4 * c, 4);
+    for (int f = 0; f < scale_bytes / 2; ++f) {
+      fn(unit + kStripeUnitCodeBytes + 32 * f + 2 * i, block + 2 * f, 2);
+    }
+  }
+}
+
+}  // namespace
+
+void StripeRows(GgmlType type, const uint8_t* src, int64_t src_stride, int64_t n_blocks,
+                uint8_t* dst) {
+  for (int i = 0; i < kStripeRows; ++i) {
+    const uint8_t* row = src + i * src_stride;
+    ForEachStripePiece(type, n_blocks, i, [&](int64_t at, int64_t from, int n) {
+      std::memcpy(dst + at, row + from, static_cast<size_t>(n));
+    });
+  }
+}
+
+void UnstripeRow(GgmlType type, const uint8_t* stripe, int64_t n_blocks, int i, uint8_t* dst) {
+  ForEachStripePiece(type, n_blocks, i, [&](int64_t from, int64_t at, int n) {
+    std::memcpy(dst + at, stripe + from, static_cast<size_t>(n));
+  });
+}
+
+void ReadGgufRow(const QuantMatrix& m, int64_t r, uint8_t* dst) {
+  const QuantTraits* traits = FindQuantTraits(m.type);
+  const int64_t n_blocks = m.cols / traits->block_elems;
+  switch (m.layout) {
+    case WeightLayout::kGguf:
+      std::memcpy(dst, m.row(r), static_cast<size_t>(n_blocks * traits->block_bytes));
+      return;
+    case WeightLayout::kInterleaved8:
+      DeinterleaveRow(m.type, m.row(r), n_blocks, dst);
+      return;
+    case WeightLayout::kStripes16:
+      UnstripeRow(m.type, m.row(r - r % kStripeRows), n_blocks, static_cast<int>(r % kStripeRows),
+                  dst);
+      return;
+  }
+}
+
 void DequantizeMatrixRow(const QuantMatrix& m, int64_t r, float* out) {
   const QuantTraits* traits = FindQuantTraits(m.type);
   if (m.layout == WeightLayout::kGguf) {
@@ -117,7 +180,7 @@ void DequantizeMatrixRow(const QuantMatrix& m, int64_t r, float* out) {
   const int64_t n_blocks = m.cols / traits->block_elems;
   thread_local std::vector<uint8_t> row;
   row.resize(static_cast<size_t>(n_blocks * traits->block_bytes));
-  DeinterleaveRow(m.type, m.row(r), n_blocks, row.data());
+  ReadGgufRow(m, r, row.data());
   traits->dequantize_ref(row.data(), out, m.cols);
 }
 

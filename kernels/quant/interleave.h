@@ -49,6 +49,45 @@ bool InterleaveSupported(GgmlType type);
 void InterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* dst);
 void DeinterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* dst);
 
+// The striped layout of Q4_0 and Q4_1 (WeightLayout::kStripes16).
+//
+// The interleaved layout still leaves a kernel to reduce each block's products across lanes,
+// and at small batches (decode of 2-16 sequences) the tiled GEMM spends half of its time
+// decoding weight rows into a buffer that only one panel of activations then reads. The
+// striped layout puts the rows, not the elements, across the lanes: a stripe is 16
+// consecutive rows (rows 16 s .. 16 s + 15, stored at 16 s * row_bytes), cut into units, one
+// per block column k (the 16 rows' block k):
+//
+//   qs[256]        four 64-byte chunks c = 0..3; bytes 4 i .. 4 i + 3 of chunk c are row i's
+//                  GGUF nibble bytes 4 c .. 4 c + 3, so the low nibbles of 32-bit lane i are
+//                  elements 4 c .. 4 c + 3 of row i's block and the high nibbles elements
+//                  16 + 4 c .. 16 + 4 c + 3
+//   d[16]          the rows' fp16 scales, row order
+//   m[16]          (Q4_1 only) the rows' fp16 minimums
+//
+// so one load and two masks give a 4-element group of all 16 rows, which vpdpbusd multiplies
+// by the matching four activation bytes of one sequence broadcast to all lanes: no reduction
+// across lanes, no decode pass, and each unpacked group serves every sequence of the batch.
+// The units of a stripe are stored in the canonical chain order of kernels/cpu/dot_kernels.h
+// (chain c = blocks c, c + 8, c + 16, ... for c = 0..7, chain after chain), so a kernel that
+// sums chain by chain reads the stripe front to back. A unit is exactly the bytes of its 16
+// blocks (288 for Q4_0, 320 for Q4_1), so a stripe is 16 rows' bytes. Nothing within a block
+// is rounded or reordered: the kernels compute the same integer block dots and canonical sums.
+inline constexpr int kStripeUnitCodeBytes = 256;  // then d[16], then m[16]
+
+// The slot (unit index within its stripe) of block column k of n_blocks, in chain order.
+int64_t StripeSlot(int64_t k, int64_t n_blocks);
+
+// kStripeRows GGUF rows (src, src_stride bytes apart, n_blocks blocks each) into one stripe at
+// dst (kStripeRows rows' bytes), and row i < kStripeRows of the stripe at src back to GGUF.
+// type must be supported (InterleaveSupported).
+void StripeRows(GgmlType type, const uint8_t* src, int64_t src_stride, int64_t n_blocks,
+                uint8_t* dst);
+void UnstripeRow(GgmlType type, const uint8_t* stripe, int64_t n_blocks, int i, uint8_t* dst);
+
+// Row r of m in the GGUF layout (its row bytes), whatever m's layout.
+void ReadGgufRow(const QuantMatrix& m, int64_t r, uint8_t* dst);
+
 // Row r of m as floats (cols of them), whatever m's layout.
 void DequantizeMatrixRow(const QuantMatrix& m, int64_t r, float* out);
 

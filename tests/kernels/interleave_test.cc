@@ -1,12 +1,14 @@
-// The interleaved layout of Q4_0 / Q4_1 rows (kernels/quant/interleave.h) and everything that
-// reads it: the layout against its specification (restated here from the GGUF element order
-// of q4.h), the round trip, and MatMulQ / MatMulQMany / CpuBackend / Engine giving the same
-// bits from an interleaved weight as from the GGUF one: every instruction set (the VNNI kernels
-// read the layout, the others deinterleaved copies), the row-dot and the tiled paths, batches
-// on both sides of every threshold, 1-3 threads, block counts with and without a tail.
+// The interleaved and striped layouts of Q4_0 / Q4_1 (kernels/quant/interleave.h) and
+// everything that reads them: the layouts against their specification (restated here from the
+// GGUF element order of q4.h), the round trips, and MatMulQ / MatMulQMany / CpuBackend / Engine
+// giving the same bits from an interleaved or striped weight as from the GGUF one: every
+// instruction set (the VNNI kernels read the layouts, the others GGUF copies), the row-dot,
+// tiled and striped paths, batches on both sides of every threshold, 1-3 threads, block counts
+// with and without a tail.
 #include "kernels/quant/interleave.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -57,6 +59,16 @@ std::vector<uint8_t> InterleaveAll(GgmlType type, const std::vector<uint8_t>& gg
   }
   return out;
 }
+
+// Sets an environment variable for the life of the object.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) { setenv(name, value, 1); }
+  ~ScopedEnv() { unsetenv(name_); }
+
+ private:
+  const char* name_;
+};
 
 // The code of element e of a GGUF Q4 block whose nibbles start at qs (q4.h's element order).
 int Code(const uint8_t* qs, int e) { return e < 16 ? qs[e] & 0x0F : qs[e - 16] >> 4; }
@@ -263,8 +275,8 @@ TEST(InterleaveBackendTest, LoadWeightInterleavesWhereTheKernelsReadIt) {
   }
 }
 
-// A llama with 256-wide matrices (every projection interleaves) in Q4_0 and Q4_1: the
-// engine's logits over a prefill and decode steps are the same bits either way.
+// A llama with 256-wide matrices (every projection interleaves or stripes) in Q4_0 and Q4_1:
+// the engine's logits over a prefill and decode steps are the same bits in every layout.
 TEST(InterleaveBackendTest, EngineLogitsAreTheSameBits) {
   ModelConfig c = testing_util::TinyLlamaConfig();
   c.n_embd = 256;
@@ -276,9 +288,11 @@ TEST(InterleaveBackendTest, EngineLogitsAreTheSameBits) {
   for (GgmlType type : kTypes) {
     auto w = SyntheticWeights::Create(c, type, 3);
     ASSERT_TRUE(w.ok()) << w.status();
-    std::vector<float> logits[2];
-    for (int i = 0; i < 2; ++i) {
-      CpuBackend backend(2, false, /*interleave=*/i == 0);
+    // Striped where the CPU takes that layout, interleaved, GGUF.
+    std::vector<float> logits[3];
+    for (int i = 0; i < 3; ++i) {
+      ScopedEnv stripes("TESSERA_CPU_STRIPES", i == 0 ? "1" : "0");
+      CpuBackend backend(2, false, /*copy_weights=*/i < 2);
       EngineOptions opts;
       opts.kv_budget_bytes = 1 << 22;
       opts.kv_block_tokens = 4;
@@ -291,7 +305,169 @@ TEST(InterleaveBackendTest, EngineLogitsAreTheSameBits) {
       logits[i].insert(logits[i].end(), step.begin(), step.end());
     }
     ASSERT_FALSE(logits[0].empty());
-    EXPECT_EQ(logits[0], logits[1]) << GgmlTypeName(type);
+    EXPECT_EQ(logits[0], logits[2]) << GgmlTypeName(type);
+    EXPECT_EQ(logits[1], logits[2]) << GgmlTypeName(type);
+  }
+}
+
+// --- The striped layout.
+
+std::vector<uint8_t> StripeAll(GgmlType type, const std::vector<uint8_t>& gguf, int64_t rows,
+                               int64_t n_blocks) {
+  const int64_t row_bytes = static_cast<int64_t>(gguf.size()) / rows;
+  std::vector<uint8_t> out(gguf.size());
+  for (int64_t r = 0; r < rows; r += kStripeRows) {
+    StripeRows(type, gguf.data() + r * row_bytes, row_bytes, n_blocks, out.data() + r * row_bytes);
+  }
+  return out;
+}
+
+TEST(StripeTest, UnitsFollowTheDocumentedLayoutInChainOrder) {
+  constexpr int64_t kBlocks = 19;  // chains of 3, 3, 3, 2, 2, 2, 2, 2 blocks
+  // The chain order written out: chain c = blocks c, c + 8, ..., chain after chain.
+  std::vector<int64_t> order;
+  for (int c = 0; c < 8; ++c) {
+    for (int64_t k = c; k < kBlocks; k += 8) order.push_back(k);
+  }
+  for (int64_t slot = 0; slot < kBlocks; ++slot) {
+    EXPECT_EQ(StripeSlot(order[slot], kBlocks), slot) << "block " << order[slot];
+  }
+  for (GgmlType type : kTypes) {
+    const QuantTraits& t = *FindQuantTraits(type);
+    const int scale_bytes = type == GgmlType::kQ4_1 ? 4 : 2;
+    const int64_t row_bytes = kBlocks * t.block_bytes;
+    std::mt19937 rng(17);
+    std::vector<uint8_t> gguf(static_cast<size_t>(kStripeRows * row_bytes));
+    for (uint8_t& b : gguf) b = static_cast<uint8_t>(rng());
+    const std::vector<uint8_t> st = StripeAll(type, gguf, kStripeRows, kBlocks);
+    const int64_t unit_bytes = kStripeRows * t.block_bytes;
+    for (int64_t k = 0; k < kBlocks; ++k) {
+      const uint8_t* unit = st.data() + StripeSlot(k, kBlocks) * unit_bytes;
+      for (int i = 0; i < kStripeRows; ++i) {
+        const uint8_t* block = gguf.data() + i * row_bytes + k * t.block_bytes;
+        for (int c = 0; c < 4; ++c) {
+          EXPECT_EQ(0, std::memcmp(unit + 64 * c + 4 * i, block + scale_bytes + 4 * c, 4))
+              << t.name << " block " << k << " row " << i << " chunk " << c;
+        }
+        EXPECT_EQ(0, std::memcmp(unit + 256 + 2 * i, block, 2)) << "d, row " << i;
+        if (type == GgmlType::kQ4_1) {
+          EXPECT_EQ(0, std::memcmp(unit + 288 + 2 * i, block + 2, 2)) << "m, row " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(StripeTest, RoundTripIsExactAndDequantizesAsTheGgufRow) {
+  for (GgmlType type : kTypes) {
+    const QuantTraits& t = *FindQuantTraits(type);
+    for (int64_t n_blocks : kBlockCounts) {
+      const int64_t cols = n_blocks * 32, rows = 2 * kStripeRows;
+      const std::vector<uint8_t> gguf = QuantizedRows(type, rows, cols, 12);
+      const std::vector<uint8_t> st = StripeAll(type, gguf, rows, n_blocks);
+      const int64_t row_bytes = *RowBytes(t, cols);
+      const QuantMatrix m{type, rows, cols, row_bytes, st.data(), WeightLayout::kStripes16};
+      std::vector<uint8_t> back(static_cast<size_t>(row_bytes));
+      std::vector<float> want(static_cast<size_t>(cols)), got(want.size());
+      for (int64_t r = 0; r < rows; ++r) {
+        ReadGgufRow(m, r, back.data());
+        EXPECT_EQ(0, std::memcmp(back.data(), gguf.data() + r * row_bytes, back.size()))
+            << t.name << " " << n_blocks << " blocks, row " << r;
+        t.dequantize_ref(gguf.data() + r * row_bytes, want.data(), cols);
+        DequantizeMatrixRow(m, r, got.data());
+        EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
+      }
+    }
+  }
+}
+
+TEST(StripeMatMulTest, SameBitsAsTheGgufLayoutOnEveryPath) {
+  constexpr int64_t kRows = 3 * kStripeRows;
+  constexpr int64_t kBatches[] = {1, 2, 3, 4, 5, 8, 9, 12, 16, 17, 33};
+  for (GgmlType type : kTypes) {
+    const QuantTraits& t = *FindQuantTraits(type);
+    for (int64_t n_blocks : kBlockCounts) {
+      const int64_t cols = n_blocks * 32;
+      const std::vector<uint8_t> gguf = QuantizedRows(type, kRows, cols, 6);
+      const std::vector<uint8_t> st = StripeAll(type, gguf, kRows, n_blocks);
+      const int64_t row_bytes = *RowBytes(t, cols);
+      const QuantMatrix wg{type, kRows, cols, row_bytes, gguf.data()};
+      const QuantMatrix ws{type, kRows, cols, row_bytes, st.data(), WeightLayout::kStripes16};
+      const std::vector<float> x = Activations(33, cols, 10);
+      for (CpuIsa isa : AvailableIsas()) {
+        for (int64_t n_batch : kBatches) {
+          for (int64_t gemm_min : {int64_t{1}, kNoGemm}) {
+            const int threads = 1 + static_cast<int>(n_batch % 3);
+            const std::vector<float> want = RunMatMul(wg, x, n_batch, threads, isa, gemm_min);
+            const std::vector<float> got = RunMatMul(ws, x, n_batch, threads, isa, gemm_min);
+            EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
+                << t.name << " " << n_blocks << " blocks, batch " << n_batch << ", "
+                << CpuIsaName(isa) << ", gemm from " << gemm_min << ", " << threads
+                << " threads";
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(StripeMatMulTest, PartialStripesAreRejected) {
+  const int64_t cols = 256, row_bytes = 8 * 18;
+  std::vector<uint8_t> bytes(static_cast<size_t>(48 * row_bytes));
+  const QuantMatrix odd{GgmlType::kQ4_0, 40, cols, row_bytes, bytes.data(),
+                        WeightLayout::kStripes16};
+  std::vector<float> x(cols, 1.0f), y(40);
+  MatMulScratch scratch;
+  const absl::Status st = MatMulQ(odd, x.data(), 1, y.data(), nullptr, &scratch);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(st.message().find("whole stripes of 16 rows, not 40"), std::string::npos) << st;
+
+  const QuantMatrix m{GgmlType::kQ4_0, 48, cols, row_bytes, bytes.data(),
+                      WeightLayout::kStripes16};
+  EXPECT_EQ(SliceMatrix(m, 8, 16, 0, cols).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SliceMatrix(m, 16, 8, 0, cols).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SliceMatrix(m, 0, 16, 0, 128).status().code(), absl::StatusCode::kInvalidArgument);
+  const absl::StatusOr<QuantMatrix> rows = SliceMatrix(m, 16, 32, 0, cols);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->layout, WeightLayout::kStripes16);
+  EXPECT_EQ(rows->data, m.row(16));
+}
+
+TEST(StripeBackendTest, LoadWeightStripesWholeStripesOnVnniWithoutAmx) {
+  const bool stripes_here = DetectCpuIsa() == CpuIsa::kAvx512Vnni;
+  for (GgmlType type : kTypes) {
+    for (int64_t rows : {int64_t{32}, int64_t{24}}) {
+      const int64_t n_blocks = 9, cols = n_blocks * 32;
+      const std::vector<uint8_t> gguf = QuantizedRows(type, rows, cols, 22);
+      const int64_t row_bytes = *RowBytes(*FindQuantTraits(type), cols);
+      const QuantMatrix host{type, rows, cols, row_bytes, gguf.data()};
+      CpuBackend plain(2, /*exact_matmul=*/false, /*copy_weights=*/false);
+      auto wp = plain.LoadWeight(host);
+      ASSERT_TRUE(wp.ok());
+      for (const char* env : {"1", "0"}) {
+        ScopedEnv scoped("TESSERA_CPU_STRIPES", env);
+        CpuBackend fast(2);
+        auto wf = fast.LoadWeight(host);
+        ASSERT_TRUE(wf.ok());
+        const WeightLayout want = !VnniHere()                                   ? WeightLayout::kGguf
+                                  : stripes_here && rows % 16 == 0 && env[0] == '1'
+                                      ? WeightLayout::kStripes16
+                                      : WeightLayout::kInterleaved8;
+        EXPECT_EQ((*wf)->matrix().layout, want) << rows << " rows, TESSERA_CPU_STRIPES=" << env;
+        for (int64_t n : {1, 3, 8, 16, 20}) {
+          const std::vector<float> x = Activations(n, cols, 5);
+          std::vector<float> yf(static_cast<size_t>(n * rows)), yp(yf.size());
+          ASSERT_TRUE(fast.MatMul(**wf, x.data(), n, yf.data()).ok());
+          ASSERT_TRUE(plain.MatMul(**wp, x.data(), n, yp.data()).ok());
+          EXPECT_EQ(yf, yp) << n;
+        }
+        const int32_t ids[] = {0, 17, 23, 5, 16};
+        std::vector<float> ef(5 * cols), ep(ef.size());
+        ASSERT_TRUE(fast.Embed(**wf, ids, 5, ef.data()).ok());
+        ASSERT_TRUE(plain.Embed(**wp, ids, 5, ep.data()).ok());
+        EXPECT_EQ(ef, ep);
+      }
+    }
   }
 }
 

@@ -1,0 +1,164 @@
+// AVX-512 VNNI kernels for Q4_0 and Q4_1 weights in the striped layout
+// (kernels/quant/interleave.h), the CPU backend's layout for them on AVX-512 VNNI without AMX.
+//
+// Lane i of every vector is row i of a 16-row stripe. Per unit (one block column of the 16
+// rows): four loads and eight masks give the eight 4-element groups of all 16 rows, and for
+// each sequence of the batch eight vpdpbusd multiply them by that sequence's four activation
+// bytes of the group, broadcast from memory: the 16 rows' exact block dots, already one per
+// lane. The float side is the canonical term of dot_kernels.h, 16 rows at a time:
+//   t = fl(fl(d_w * d_a) * float(dot)) + fl(off_w * ds),  chain c += t,
+// chain by chain (the units are stored in chain order), then the fixed tree over the eight
+// chains, and the 16 results are one store per sequence. Nothing is reduced across lanes and
+// nothing is decoded into a buffer, so the unpacking of a unit is shared by every sequence of
+// the batch (up to 8 per pass over the stripe, the accumulators of more would not fit the 32
+// registers). Results equal every other kernel's bit for bit (tests/kernels/stripes_test.cc).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+// GCC 12's 512-bit intrinsics pass an _mm512_undefined_*() operand as the unused merge source,
+// and -Wmaybe-uninitialized reports it at every inlined use; nothing here reads one.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "kernels/cpu/act_quant.h"
+#include "kernels/cpu/block32_avx512vnni.h"
+#include "kernels/cpu/dot_kernels.h"
+#include "kernels/cpu/gemm_ops_avx512vnni.h"
+#include "kernels/quant/interleave.h"
+
+namespace tessera {
+namespace {
+
+// Sequences per pass over a stripe.
+constexpr int kMaxSeqs = 8;
+// Weight bytes of the stripes that every group of kMaxSeqs sequences passes over before the
+// next stripes (they stay in L2 between the passes).
+constexpr int64_t kStripeGroupBytes = 128 * 1024;
+// How far ahead of the unit being read the first pass prefetches (as the row-dot kernels).
+constexpr int64_t kPrefetchAhead = 32 * 1024;
+
+template <typename F>
+struct Striped {
+  using Block = F;
+  static constexpr int kUnitBytes = kStripeRows * F::kBytes;
+  // Where the unit keeps the offset field's 16 fp16 values: d at 256, m at 288.
+  static constexpr int kFieldOffset = kStripeUnitCodeBytes + 16 * F::kOffsetField;
+};
+static_assert(Striped<Q4_0>::kUnitBytes == 288 && Striped<Q4_0>::kFieldOffset == 256,
+              "interleave.h sizes");
+static_assert(Striped<Q4_1>::kUnitBytes == 320 && Striped<Q4_1>::kFieldOffset == 288,
+              "interleave.h sizes");
+
+// One stripe against NB sequences: y[b * y_stride + i] for rows i < 16, b < NB.
+template <typename S, int NB>
+void StripeSeqs(const uint8_t* stripe, int64_t n_blocks, const ActRow32* a, float* y,
+                int64_t y_stride, bool prefetch) {
+  using F = typename S::Block;
+  constexpr bool kOffset = F::kOffsetFactor != 0.0f;
+  alignas(64) float chains[kSumChains][NB][16];
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  const uint8_t* unit = stripe;
+  for (int c = 0; c < kSumChains; ++c) {
+    __m512 acc[NB];
+    for (int b = 0; b < NB; ++b) acc[b] = _mm512_setzero_ps();
+    for (int64_t k = c; k < n_blocks; k += kSumChains, unit += S::kUnitBytes) {
+      if (prefetch) {
+        for (int o = 0; o < S::kUnitBytes; o += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(unit + kPrefetchAhead + o), _MM_HINT_T1);
+        }
+      }
+      __m512i codes[8];  // group g: elements 4 g .. 4 g + 3 of the 16 rows
+      for (int j = 0; j < 4; ++j) {
+        const __m512i z = _mm512_loadu_si512(unit + 64 * j);
+        codes[j] = _mm512_and_si512(z, low);
+        codes[j + 4] = _mm512_and_si512(_mm512_srli_epi16(z, 4), low);
+      }
+      const __m512 dw = _mm512_cvtph_ps(Load256(unit + kStripeUnitCodeBytes));
+      __m512 off = _mm512_setzero_ps();
+      if constexpr (kOffset) {
+        // Exact: the factor is 1 or -8.
+        off = _mm512_mul_ps(_mm512_set1_ps(F::kOffsetFactor),
+                            _mm512_cvtph_ps(Load256(unit + S::kFieldOffset)));
+      }
+      for (int b = 0; b < NB; ++b) {
+        const int8_t* q = a[b].qs + 32 * k;
+        __m512i dot;
+        if constexpr (NB < 4) {
+          // Two chains of vpdpbusd: with few sequences the latency of one would show.
+          __m512i d0 = _mm512_setzero_si512(), d1 = _mm512_setzero_si512();
+          for (int g = 0; g < 8; g += 2) {
+            d0 = Ops512::DotB(d0, codes[g], q + 4 * g);
+            d1 = Ops512::DotB(d1, codes[g + 1], q + 4 * g + 4);
+          }
+          dot = _mm512_add_epi32(d0, d1);
+        } else {
+          dot = _mm512_setzero_si512();
+          for (int g = 0; g < 8; ++g) dot = Ops512::DotB(dot, codes[g], q + 4 * g);
+        }
+        const __m512 da = _mm512_set1_ps(a[b].d[k]);
+        __m512 t = Ops512::Opaque(
+            _mm512_mul_ps(Ops512::Opaque(_mm512_mul_ps(dw, da)), Ops512::Cvt(dot)));
+        if constexpr (kOffset) {
+          t = _mm512_add_ps(t, Ops512::Opaque(_mm512_mul_ps(off, _mm512_set1_ps(a[b].ds[k]))));
+        }
+        acc[b] = _mm512_add_ps(acc[b], t);
+      }
+    }
+    for (int b = 0; b < NB; ++b) _mm512_store_ps(chains[c][b], acc[b]);
+  }
+  for (int b = 0; b < NB; ++b) {
+    auto at = [&](int c) { return _mm512_load_ps(chains[c][b]); };
+    const __m512 sum =
+        _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(at(0), at(4)), _mm512_add_ps(at(2), at(6))),
+                      _mm512_add_ps(_mm512_add_ps(at(1), at(5)), _mm512_add_ps(at(3), at(7))));
+    _mm512_storeu_ps(y + b * y_stride, sum);
+  }
+}
+
+template <typename S>
+using StripeSeqsFn = void (*)(const uint8_t*, int64_t, const ActRow32*, float*, int64_t, bool);
+
+template <typename S, int NB = kMaxSeqs>
+StripeSeqsFn<S> SelectSeqs(int nb) {
+  if constexpr (NB > 1) {
+    if (nb < NB) return SelectSeqs<S, NB - 1>(nb);
+  }
+  return StripeSeqs<S, NB>;
+}
+
+// StripeRowsFn (dot_kernels.h).
+template <typename S>
+void StripeRowsOf(const uint8_t* w, int64_t row_bytes, int64_t row_begin, int64_t row_end,
+                  int64_t n_blocks, const uint8_t* act, int64_t act_stride, int64_t n_batch,
+                  float* y, int64_t y_stride) {
+  const int64_t stripe_bytes = kStripeRows * row_bytes;
+  const int64_t group_rows = kStripeRows * std::max<int64_t>(1, kStripeGroupBytes / stripe_bytes);
+  for (int64_t g0 = row_begin; g0 < row_end; g0 += group_rows) {
+    const int64_t g1 = std::min(row_end, g0 + group_rows);
+    for (int64_t b0 = 0; b0 < n_batch; b0 += kMaxSeqs) {
+      const int nb = static_cast<int>(std::min<int64_t>(kMaxSeqs, n_batch - b0));
+      ActRow32 a[kMaxSeqs];
+      for (int b = 0; b < nb; ++b) a[b] = ViewActRow32(act + (b0 + b) * act_stride, n_blocks);
+      const StripeSeqsFn<S> fn = SelectSeqs<S>(nb);
+      for (int64_t r = g0; r < g1; r += kStripeRows) {
+        fn(w + r * row_bytes, n_blocks, a, y + b0 * y_stride + r, y_stride, b0 == 0);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+StripeRowsFn Avx512VnniStripeRows(GgmlType type) {
+  switch (type) {
+    case GgmlType::kQ4_0:
+      return StripeRowsOf<Striped<Q4_0>>;
+    case GgmlType::kQ4_1:
+      return StripeRowsOf<Striped<Q4_1>>;
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace tessera
