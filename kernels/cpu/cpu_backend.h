@@ -95,8 +95,10 @@ class CpuBackend final : public Backend {
   KvLayout kv_layout_;
   // (n_layers, 2, n_blocks * block_tokens, n_kv_heads, head_dim) of kv_layout_.type
   std::shared_ptr<HugePageMapping> kv_;
-  std::vector<float> rope_cache_;
+  std::vector<float> rope_cache_;  // RopeFrequencies(rope_cache_params_)
   RopeParams rope_cache_params_;
+  std::vector<int32_t> rope_positions_;  // the positions of rope_cos_sin_
+  std::vector<float> rope_cos_sin_;      // (token, pair): cos, sin
 };
 
 }  // namespace tessera
