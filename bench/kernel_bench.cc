@@ -53,9 +53,10 @@ ABSL_FLAG(int, ab_reps, 0,
 ABSL_FLAG(std::string, isa, "", "force scalar|avx2|avx512|avx512_vnni|amx (default: best)");
 ABSL_FLAG(std::string, layout, "all",
           "gguf|interleaved|stripes|all, or a comma-separated list: the weight layouts timed "
-          "for Q4_0/Q4_1 (kernels/quant/interleave.h; the CPU backend stores those striped "
-          "where the ISA is avx512_vnni, interleaved where it is amx); rows of the interleaved "
-          "layout are named Q4_0/il, of the striped one Q4_0/st (rows: a multiple of 16)");
+          "for Q4_0/Q4_1 (Q8_0: gguf and stripes; kernels/quant/interleave.h; the CPU backend "
+          "stores those striped where the ISA is avx512_vnni, Q4_0/Q4_1 interleaved where it "
+          "is amx); rows of the interleaved layout are named Q4_0/il, of the striped one "
+          "Q4_0/st (rows: a multiple of 16)");
 
 namespace tessera {
 namespace {
@@ -240,11 +241,15 @@ int Main() {
                "weight GB/s", "% of BW", "GFLOP/s", "cpu%");
   std::vector<std::pair<const QuantTraits*, WeightLayout>> runs;
   for (const QuantTraits* traits : formats) {
-    if (!InterleaveSupported(traits->type)) {
+    if (!StripeSupported(traits->type)) {
       runs.emplace_back(traits, WeightLayout::kGguf);
       continue;
     }
-    for (WeightLayout layout : layouts) runs.emplace_back(traits, layout);
+    for (WeightLayout layout : layouts) {
+      if (layout != WeightLayout::kInterleaved8 || InterleaveSupported(traits->type)) {
+        runs.emplace_back(traits, layout);
+      }
+    }
   }
   for (const auto& [traits, layout] : runs) {
     const std::string name =

@@ -28,7 +28,8 @@ absl::StatusOr<QuantMatrix> SliceMatrix(const QuantMatrix& m, int64_t row0, int6
         "slice columns [", col0, ", ", col0 + cols, ") of an interleaved or striped ",
         traits->name, " matrix: only whole rows of the CPU's layouts can be sliced"));
   }
-  if (m.layout == WeightLayout::kStripes16 && (row0 % kStripeRows != 0 || rows % kStripeRows != 0)) {
+  if (m.layout == WeightLayout::kStripes16 &&
+      (row0 % kStripeRows != 0 || rows % kStripeRows != 0)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "slice rows [", row0, ", ", row0 + rows, ") of a striped ", traits->name,
         " matrix: only whole stripes of ", kStripeRows, " rows can be sliced"));

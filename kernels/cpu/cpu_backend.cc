@@ -147,11 +147,12 @@ bool InterleaveWanted(bool copy_weights) {
   return EnvEnables("TESSERA_CPU_INTERLEAVE", "Q4_0/Q4_1 weights are interleaved");
 }
 
-// Whether Q4_0/Q4_1 matrices of whole stripes take the striped layout instead: on AVX-512 VNNI
-// without AMX (whose tiled prefill reads the interleaved rows), unless TESSERA_CPU_STRIPES=0.
+// Whether Q4_0/Q4_1/Q8_0 matrices of whole stripes take the striped layout instead: on
+// AVX-512 VNNI without AMX (whose tiled prefill reads the interleaved and GGUF rows), unless
+// TESSERA_CPU_STRIPES=0.
 bool StripesWanted(bool interleave) {
   if (!interleave || DetectCpuIsa() != CpuIsa::kAvx512Vnni) return false;
-  return EnvEnables("TESSERA_CPU_STRIPES", "Q4_0/Q4_1 weights are striped");
+  return EnvEnables("TESSERA_CPU_STRIPES", "Q4_0/Q4_1/Q8_0 weights are striped");
 }
 
 // Whether the other weights are copied into huge pages: where the kernel offers them, unless
@@ -186,7 +187,7 @@ void CpuBackend::ParallelFor(int64_t n, int64_t granule, int64_t min_parallel,
 std::string CpuBackend::name() const {
   return absl::StrCat("cpu (", std::string(CpuIsaName(DetectCpuIsa())), ", ", pool_.size(),
                       " threads",
-                      stripes_      ? ", Q4_0/Q4_1 striped"
+                      stripes_      ? ", Q4_0/Q4_1/Q8_0 striped"
                       : interleave_ ? ", Q4_0/Q4_1 interleaved"
                                     : "",
                       huge_pages_ ? ", weights in 2 MiB pages" : "", ")");
@@ -207,12 +208,11 @@ absl::StatusOr<std::unique_ptr<Weight>> CpuBackend::LoadWeight(const QuantMatrix
   }
   if (host.layout != WeightLayout::kGguf) return std::make_unique<HostWeight>(host);
   WeightLayout layout = WeightLayout::kGguf;
-  if (interleave_ && InterleaveSupported(host.type)) {
-    if (stripes_ && host.rows % kStripeRows == 0) {
-      layout = WeightLayout::kStripes16;
-    } else if (host.cols >= kInterleaveBlocks * traits->block_elems) {
-      layout = WeightLayout::kInterleaved8;
-    }
+  if (stripes_ && StripeSupported(host.type) && host.rows % kStripeRows == 0) {
+    layout = WeightLayout::kStripes16;
+  } else if (interleave_ && InterleaveSupported(host.type) &&
+             host.cols >= kInterleaveBlocks * traits->block_elems) {
+    layout = WeightLayout::kInterleaved8;
   }
   if (layout != WeightLayout::kGguf || huge_pages_) {
     TESSERA_ASSIGN_OR_RETURN(

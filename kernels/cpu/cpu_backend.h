@@ -1,9 +1,9 @@
 // CpuBackend: the Backend on host memory. LoadWeight copies each weight once into the
 // backend's memory in 2 MiB pages (kernels/cpu/huge_pages.h: streaming from 4 KiB pages costs
-// a page walk every 4 KiB), and Q4_0 / Q4_1 matrices on CPUs with AVX-512 VNNI into the
-// striped layout (whole stripes of 16 rows; without AMX) or the interleaved one
-// (kernels/quant/interleave.h), whose kernels keep up with memory at batch 1 where the GGUF
-// layout's do not; the mmap's pages are then left to the page cache. Where the
+// a page walk every 4 KiB), and on CPUs with AVX-512 VNNI Q4_0 / Q4_1 / Q8_0 matrices of whole
+// stripes of 16 rows into the striped layout (without AMX), other Q4_0 / Q4_1 ones into the
+// interleaved layout (kernels/quant/interleave.h), whose kernels keep up with memory at batch 1
+// where the GGUF layout's do not; the mmap's pages are then left to the page cache. Where the
 // kernel offers no transparent huge pages, only the interleaved copies are made. Matmuls use
 // the fused quantized kernels of kernels/cpu/matmul.h; attention those of attention_kernels.h
 // over a paged KV cache of f32 or f16 (PreferredKvType); the other ops are plain loops split
@@ -32,9 +32,9 @@ class CpuBackend final : public Backend {
   // against a float64 reference without the activation-quantization noise.
   // copy_weights: copy weights as described above; false keeps every weight in place (no copy:
   // the mmap's pages can be shared between processes). In the environment,
-  // TESSERA_CPU_INTERLEAVE=0 keeps Q4_0 / Q4_1 in the GGUF layout, TESSERA_CPU_STRIPES=0 takes
-  // the interleaved layout for them instead of the striped one, and TESSERA_CPU_HUGE_PAGES=0
-  // leaves the weights that are in the GGUF layout in the mmap.
+  // TESSERA_CPU_INTERLEAVE=0 keeps Q4_0 / Q4_1 / Q8_0 in the GGUF layout, TESSERA_CPU_STRIPES=0
+  // takes the interleaved layout for Q4_0 / Q4_1 (GGUF for Q8_0) instead of the striped one,
+  // and TESSERA_CPU_HUGE_PAGES=0 leaves the weights that are in the GGUF layout in the mmap.
   explicit CpuBackend(int n_threads, bool exact_matmul = false, bool copy_weights = true);
   std::string name() const override;
   int n_threads() const { return pool_.size(); }

@@ -73,7 +73,7 @@ RowDotFn Avx512VnniRowDot(GgmlType type);
 // Q4_0 / Q4_1 rows in the interleaved layout (kernels/quant/interleave.h); nullptr for other
 // types. Only AVX-512 VNNI has them: MatMulQ runs the others' kernels on deinterleaved copies.
 RowDotFn Avx512VnniInterleavedRowDot(GgmlType type);
-// Q4_0 / Q4_1 matrices in the striped layout (kernels/quant/interleave.h): rows
+// Q4_0 / Q4_1 / Q8_0 matrices in the striped layout (kernels/quant/interleave.h): rows
 // [row_begin, row_end) (whole stripes: multiples of kStripeRows) of the matrix at w (row_bytes
 // per row) against n_batch activation rows (ActRow32, act_stride apart), for any n_batch:
 //   y[b * y_stride + r] = sum_k w_r[k] * x_b[k]

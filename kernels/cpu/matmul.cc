@@ -140,9 +140,13 @@ absl::Status CheckWeight(const QuantMatrix& w, int64_t n_batch) {
   if (!row_bytes.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("MatMulQ: ", row_bytes.status().message()));
   }
-  if (w.layout != WeightLayout::kGguf && !InterleaveSupported(w.type)) {
+  if (w.layout == WeightLayout::kInterleaved8 && !InterleaveSupported(w.type)) {
     return absl::InvalidArgumentError(absl::StrCat("MatMulQ: ", traits->name,
                                                    " weights have no interleaved layout"));
+  }
+  if (w.layout == WeightLayout::kStripes16 && !StripeSupported(w.type)) {
+    return absl::InvalidArgumentError(absl::StrCat("MatMulQ: ", traits->name,
+                                                   " weights have no striped layout"));
   }
   if (w.layout == WeightLayout::kStripes16 && w.rows % kStripeRows != 0) {
     return absl::InvalidArgumentError(absl::StrCat("MatMulQ: a striped ", traits->name,

@@ -1,8 +1,9 @@
-// AVX-512 VNNI kernels for Q4_0 and Q4_1 weights in the striped layout
+// AVX-512 VNNI kernels for Q4_0, Q4_1 and Q8_0 weights in the striped layout
 // (kernels/quant/interleave.h), the CPU backend's layout for them on AVX-512 VNNI without AMX.
 //
 // Lane i of every vector is row i of a 16-row stripe. Per unit (one block column of the 16
-// rows): four loads and eight masks give the eight 4-element groups of all 16 rows, and for
+// rows): four loads and eight masks (Q8_0: eight loads and eight xors) give the eight
+// 4-element groups of all 16 rows, and for
 // each sequence of the batch eight vpdpbusd multiply them by that sequence's four activation
 // bytes of the group, broadcast from memory: the 16 rows' exact block dots, already one per
 // lane. The float side is the canonical term of dot_kernels.h, 16 rows at a time:
@@ -38,16 +39,39 @@ constexpr int64_t kStripeGroupBytes = 128 * 1024;
 // How far ahead of the unit being read the first pass prefetches (as the row-dot kernels).
 constexpr int64_t kPrefetchAhead = 32 * 1024;
 
+// A block format F of block32_avx512vnni.h in the striped layout: the unit's bytes, where its
+// fields are, and its eight groups as vpdpbusd's unsigned operand.
 template <typename F>
 struct Striped {
   using Block = F;
+  static constexpr bool kFourBit = F::kBytes != sizeof(BlockQ8_0);
   static constexpr int kUnitBytes = kStripeRows * F::kBytes;
-  // Where the unit keeps the offset field's 16 fp16 values: d at 256, m at 288.
-  static constexpr int kFieldOffset = kStripeUnitCodeBytes + 16 * F::kOffsetField;
+  static constexpr int kCodeBytes = kFourBit ? 256 : 512;
+  // Where the unit keeps the offset field's 16 fp16 values (Q4_0: d, Q4_1: m).
+  static constexpr int kFieldOffset = kCodeBytes + 16 * F::kOffsetField;
+  // Group g of all 16 rows (lane i: elements 4 g .. 4 g + 3 of row i), as unsigned bytes: the
+  // nibbles, or Q8_0's codes + 128 (F::kCodeBias).
+  static void Groups(const uint8_t* unit, __m512i (&codes)[8]) {
+    if constexpr (kFourBit) {
+      const __m512i low = _mm512_set1_epi8(0x0F);
+      for (int j = 0; j < 4; ++j) {
+        const __m512i z = _mm512_loadu_si512(unit + 64 * j);
+        codes[j] = _mm512_and_si512(z, low);
+        codes[j + 4] = _mm512_and_si512(_mm512_srli_epi16(z, 4), low);
+      }
+    } else {
+      const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+      for (int g = 0; g < 8; ++g) {
+        codes[g] = _mm512_xor_si512(_mm512_loadu_si512(unit + 64 * g), flip);
+      }
+    }
+  }
 };
 static_assert(Striped<Q4_0>::kUnitBytes == 288 && Striped<Q4_0>::kFieldOffset == 256,
               "interleave.h sizes");
 static_assert(Striped<Q4_1>::kUnitBytes == 320 && Striped<Q4_1>::kFieldOffset == 288,
+              "interleave.h sizes");
+static_assert(Striped<Q8_0>::kUnitBytes == 544 && Striped<Q8_0>::kCodeBytes == 512,
               "interleave.h sizes");
 
 // One stripe against NB sequences: y[b * y_stride + i] for rows i < 16, b < NB.
@@ -57,7 +81,6 @@ void StripeSeqs(const uint8_t* stripe, int64_t n_blocks, const ActRow32* a, floa
   using F = typename S::Block;
   constexpr bool kOffset = F::kOffsetFactor != 0.0f;
   alignas(64) float chains[kSumChains][NB][16];
-  const __m512i low = _mm512_set1_epi8(0x0F);
   const uint8_t* unit = stripe;
   for (int c = 0; c < kSumChains; ++c) {
     __m512 acc[NB];
@@ -69,12 +92,8 @@ void StripeSeqs(const uint8_t* stripe, int64_t n_blocks, const ActRow32* a, floa
         }
       }
       __m512i codes[8];  // group g: elements 4 g .. 4 g + 3 of the 16 rows
-      for (int j = 0; j < 4; ++j) {
-        const __m512i z = _mm512_loadu_si512(unit + 64 * j);
-        codes[j] = _mm512_and_si512(z, low);
-        codes[j + 4] = _mm512_and_si512(_mm512_srli_epi16(z, 4), low);
-      }
-      const __m512 dw = _mm512_cvtph_ps(Load256(unit + kStripeUnitCodeBytes));
+      S::Groups(unit, codes);
+      const __m512 dw = _mm512_cvtph_ps(Load256(unit + S::kCodeBytes));
       __m512 off = _mm512_setzero_ps();
       if constexpr (kOffset) {
         // Exact: the factor is 1 or -8.
@@ -83,17 +102,20 @@ void StripeSeqs(const uint8_t* stripe, int64_t n_blocks, const ActRow32* a, floa
       }
       for (int b = 0; b < NB; ++b) {
         const int8_t* q = a[b].qs + 32 * k;
+        // The code bias comes back exactly: F::kCodeBias * sum(a) of the block.
+        const __m512i seed = F::kCodeBias != 0 ? _mm512_set1_epi32(-F::kCodeBias * a[b].sum[k])
+                                               : _mm512_setzero_si512();
         __m512i dot;
         if constexpr (NB < 4) {
           // Two chains of vpdpbusd: with few sequences the latency of one would show.
-          __m512i d0 = _mm512_setzero_si512(), d1 = _mm512_setzero_si512();
+          __m512i d0 = seed, d1 = _mm512_setzero_si512();
           for (int g = 0; g < 8; g += 2) {
             d0 = Ops512::DotB(d0, codes[g], q + 4 * g);
             d1 = Ops512::DotB(d1, codes[g + 1], q + 4 * g + 4);
           }
           dot = _mm512_add_epi32(d0, d1);
         } else {
-          dot = _mm512_setzero_si512();
+          dot = seed;
           for (int g = 0; g < 8; ++g) dot = Ops512::DotB(dot, codes[g], q + 4 * g);
         }
         const __m512 da = _mm512_set1_ps(a[b].d[k]);
@@ -156,6 +178,8 @@ StripeRowsFn Avx512VnniStripeRows(GgmlType type) {
       return StripeRowsOf<Striped<Q4_0>>;
     case GgmlType::kQ4_1:
       return StripeRowsOf<Striped<Q4_1>>;
+    case GgmlType::kQ8_0:
+      return StripeRowsOf<Striped<Q8_0>>;
     default:
       return nullptr;
   }

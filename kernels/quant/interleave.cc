@@ -100,6 +100,14 @@ bool InterleaveSupported(GgmlType type) {
   return type == GgmlType::kQ4_0 || type == GgmlType::kQ4_1;
 }
 
+bool StripeSupported(GgmlType type) {
+  return InterleaveSupported(type) || type == GgmlType::kQ8_0;
+}
+
+int StripeCodeBytes(GgmlType type) {
+  return kStripeRows * (static_cast<int>(FindQuantTraits(type)->block_bytes) - ScaleBytes(type));
+}
+
 void InterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* dst) {
   ConvertRow<true>(type, src, n_blocks, dst);
 }
@@ -119,19 +127,23 @@ int64_t StripeSlot(int64_t k, int64_t n_blocks) {
 namespace {
 
 // Where row i's bytes go in a stripe: fn(stripe_offset, row_offset, bytes) for each piece of
-// each block k of the row: nibble bytes 4 c .. 4 c + 3 to 64 c + 4 i of k's unit, the fp16
-// field f (d = 0, m = 1) to 256 + 32 f + 2 i.
+// each block k of the row: code bytes 4 c .. 4 c + 3 to 64 c + 4 i of k's unit, the fp16
+// field f (d = 0, m = 1) to StripeCodeBytes + 32 f + 2 i. Every supported block is its fp16
+// field(s), then its codes.
 template <typename Fn>
 void ForEachStripePiece(GgmlType type, int64_t n_blocks, int i, Fn fn) {
   const int block_bytes = static_cast<int>(FindQuantTraits(type)->block_bytes);
   const int scale_bytes = ScaleBytes(type);
+  const int code_bytes = block_bytes - scale_bytes;
   const int64_t unit_bytes = int64_t{kStripeRows} * block_bytes;
   for (int64_t k = 0; k < n_blocks; ++k) {
     const int64_t unit = StripeSlot(k, n_blocks) * unit_bytes;
     const int64_t block = k * block_bytes;
-    for (int c = 0; c < 4; ++c) fn(unit + 64 * c + 4 * i, block + scale_bytes + 4 * c, 4);
+    for (int c = 0; c < code_bytes / 4; ++c) {
+      fn(unit + 64 * c + 4 * i, block + scale_bytes + 4 * c, 4);
+    }
     for (int f = 0; f < scale_bytes / 2; ++f) {
-      fn(unit + kStripeUnitCodeBytes + 32 * f + 2 * i, block + 2 * f, 2);
+      fn(unit + kStripeRows * code_bytes + 32 * f + 2 * i, block + 2 * f, 2);
     }
   }
 }

@@ -49,38 +49,46 @@ bool InterleaveSupported(GgmlType type);
 void InterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* dst);
 void DeinterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* dst);
 
-// The striped layout of Q4_0 and Q4_1 (WeightLayout::kStripes16).
+// The striped layout of Q4_0, Q4_1 and Q8_0 (WeightLayout::kStripes16).
 //
 // The interleaved layout still leaves a kernel to reduce each block's products across lanes,
 // and at small batches (decode of 2-16 sequences) the tiled GEMM spends half of its time
 // decoding weight rows into a buffer that only one panel of activations then reads. The
 // striped layout puts the rows, not the elements, across the lanes: a stripe is 16
 // consecutive rows (rows 16 s .. 16 s + 15, stored at 16 s * row_bytes), cut into units, one
-// per block column k (the 16 rows' block k):
+// per block column k (the 16 rows' block k). With Q the bytes of a block's codes (16 nibble
+// bytes for Q4_0 / Q4_1, 32 int8 for Q8_0):
 //
-//   qs[256]        four 64-byte chunks c = 0..3; bytes 4 i .. 4 i + 3 of chunk c are row i's
-//                  GGUF nibble bytes 4 c .. 4 c + 3, so the low nibbles of 32-bit lane i are
-//                  elements 4 c .. 4 c + 3 of row i's block and the high nibbles elements
-//                  16 + 4 c .. 16 + 4 c + 3
+//   qs[16 Q]       Q / 4 chunks of 64 bytes; bytes 4 i .. 4 i + 3 of chunk c are row i's
+//                  code bytes 4 c .. 4 c + 3. For the 4-bit formats the low nibbles of 32-bit
+//                  lane i are then elements 4 c .. 4 c + 3 of row i's block and the high
+//                  nibbles elements 16 + 4 c .. 16 + 4 c + 3; for Q8_0 lane i of chunk c is
+//                  elements 4 c .. 4 c + 3
 //   d[16]          the rows' fp16 scales, row order
 //   m[16]          (Q4_1 only) the rows' fp16 minimums
 //
-// so one load and two masks give a 4-element group of all 16 rows, which vpdpbusd multiplies
-// by the matching four activation bytes of one sequence broadcast to all lanes: no reduction
-// across lanes, no decode pass, and each unpacked group serves every sequence of the batch.
-// The units of a stripe are stored in the canonical chain order of kernels/cpu/dot_kernels.h
-// (chain c = blocks c, c + 8, c + 16, ... for c = 0..7, chain after chain), so a kernel that
-// sums chain by chain reads the stripe front to back. A unit is exactly the bytes of its 16
-// blocks (288 for Q4_0, 320 for Q4_1), so a stripe is 16 rows' bytes. Nothing within a block
-// is rounded or reordered: the kernels compute the same integer block dots and canonical sums.
-inline constexpr int kStripeUnitCodeBytes = 256;  // then d[16], then m[16]
+// so one load (and for 4 bits two masks) gives a 4-element group of all 16 rows, which
+// vpdpbusd multiplies by the matching four activation bytes of one sequence broadcast to all
+// lanes: no reduction across lanes, no decode pass, and each group serves every sequence of
+// the batch. The units of a stripe are stored in the canonical chain order of
+// kernels/cpu/dot_kernels.h (chain c = blocks c, c + 8, c + 16, ... for c = 0..7, chain after
+// chain), so a kernel that sums chain by chain reads the stripe front to back. A unit is
+// exactly the bytes of its 16 blocks (288 for Q4_0, 320 for Q4_1, 544 for Q8_0), so a stripe
+// is 16 rows' bytes. Nothing within a block is rounded or reordered: the kernels compute the
+// same integer block dots and canonical sums.
+
+// Whether `type` has the striped layout (Q4_0, Q4_1, Q8_0).
+bool StripeSupported(GgmlType type);
+
+// Bytes of a unit's codes (16 Q); d[16] follows, then m[16].
+int StripeCodeBytes(GgmlType type);
 
 // The slot (unit index within its stripe) of block column k of n_blocks, in chain order.
 int64_t StripeSlot(int64_t k, int64_t n_blocks);
 
 // kStripeRows GGUF rows (src, src_stride bytes apart, n_blocks blocks each) into one stripe at
 // dst (kStripeRows rows' bytes), and row i < kStripeRows of the stripe at src back to GGUF.
-// type must be supported (InterleaveSupported).
+// type must be supported (StripeSupported).
 void StripeRows(GgmlType type, const uint8_t* src, int64_t src_stride, int64_t n_blocks,
                 uint8_t* dst);
 void UnstripeRow(GgmlType type, const uint8_t* stripe, int64_t n_blocks, int i, uint8_t* dst);

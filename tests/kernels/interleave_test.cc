@@ -1,4 +1,4 @@
-// The interleaved and striped layouts of Q4_0 / Q4_1 (kernels/quant/interleave.h) and
+// The interleaved (Q4_0 / Q4_1) and striped (also Q8_0) layouts (kernels/quant/interleave.h) and
 // everything that reads them: the layouts against their specification (restated here from the
 // GGUF element order of q4.h), the round trips, and MatMulQ / MatMulQMany / CpuBackend / Engine
 // giving the same bits from an interleaved or striped weight as from the GGUF one: every
@@ -312,6 +312,8 @@ TEST(InterleaveBackendTest, EngineLogitsAreTheSameBits) {
 
 // --- The striped layout.
 
+constexpr GgmlType kStripeTypes[] = {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ8_0};
+
 std::vector<uint8_t> StripeAll(GgmlType type, const std::vector<uint8_t>& gguf, int64_t rows,
                                int64_t n_blocks) {
   const int64_t row_bytes = static_cast<int64_t>(gguf.size()) / rows;
@@ -332,9 +334,10 @@ TEST(StripeTest, UnitsFollowTheDocumentedLayoutInChainOrder) {
   for (int64_t slot = 0; slot < kBlocks; ++slot) {
     EXPECT_EQ(StripeSlot(order[slot], kBlocks), slot) << "block " << order[slot];
   }
-  for (GgmlType type : kTypes) {
+  for (GgmlType type : kStripeTypes) {
     const QuantTraits& t = *FindQuantTraits(type);
     const int scale_bytes = type == GgmlType::kQ4_1 ? 4 : 2;
+    const int code_bytes = static_cast<int>(t.block_bytes) - scale_bytes;  // 16, or Q8_0's 32
     const int64_t row_bytes = kBlocks * t.block_bytes;
     std::mt19937 rng(17);
     std::vector<uint8_t> gguf(static_cast<size_t>(kStripeRows * row_bytes));
@@ -345,13 +348,14 @@ TEST(StripeTest, UnitsFollowTheDocumentedLayoutInChainOrder) {
       const uint8_t* unit = st.data() + StripeSlot(k, kBlocks) * unit_bytes;
       for (int i = 0; i < kStripeRows; ++i) {
         const uint8_t* block = gguf.data() + i * row_bytes + k * t.block_bytes;
-        for (int c = 0; c < 4; ++c) {
+        for (int c = 0; c < code_bytes / 4; ++c) {
           EXPECT_EQ(0, std::memcmp(unit + 64 * c + 4 * i, block + scale_bytes + 4 * c, 4))
               << t.name << " block " << k << " row " << i << " chunk " << c;
         }
-        EXPECT_EQ(0, std::memcmp(unit + 256 + 2 * i, block, 2)) << "d, row " << i;
+        const uint8_t* d = unit + 16 * code_bytes;  // 256, or Q8_0's 512
+        EXPECT_EQ(0, std::memcmp(d + 2 * i, block, 2)) << t.name << " d, row " << i;
         if (type == GgmlType::kQ4_1) {
-          EXPECT_EQ(0, std::memcmp(unit + 288 + 2 * i, block + 2, 2)) << "m, row " << i;
+          EXPECT_EQ(0, std::memcmp(d + 32 + 2 * i, block + 2, 2)) << "m, row " << i;
         }
       }
     }
@@ -359,7 +363,7 @@ TEST(StripeTest, UnitsFollowTheDocumentedLayoutInChainOrder) {
 }
 
 TEST(StripeTest, RoundTripIsExactAndDequantizesAsTheGgufRow) {
-  for (GgmlType type : kTypes) {
+  for (GgmlType type : kStripeTypes) {
     const QuantTraits& t = *FindQuantTraits(type);
     for (int64_t n_blocks : kBlockCounts) {
       const int64_t cols = n_blocks * 32, rows = 2 * kStripeRows;
@@ -384,7 +388,7 @@ TEST(StripeTest, RoundTripIsExactAndDequantizesAsTheGgufRow) {
 TEST(StripeMatMulTest, SameBitsAsTheGgufLayoutOnEveryPath) {
   constexpr int64_t kRows = 3 * kStripeRows;
   constexpr int64_t kBatches[] = {1, 2, 3, 4, 5, 8, 9, 12, 16, 17, 33};
-  for (GgmlType type : kTypes) {
+  for (GgmlType type : kStripeTypes) {
     const QuantTraits& t = *FindQuantTraits(type);
     for (int64_t n_blocks : kBlockCounts) {
       const int64_t cols = n_blocks * 32;
@@ -435,7 +439,7 @@ TEST(StripeMatMulTest, PartialStripesAreRejected) {
 
 TEST(StripeBackendTest, LoadWeightStripesWholeStripesOnVnniWithoutAmx) {
   const bool stripes_here = DetectCpuIsa() == CpuIsa::kAvx512Vnni;
-  for (GgmlType type : kTypes) {
+  for (GgmlType type : kStripeTypes) {
     for (int64_t rows : {int64_t{32}, int64_t{24}}) {
       const int64_t n_blocks = 9, cols = n_blocks * 32;
       const std::vector<uint8_t> gguf = QuantizedRows(type, rows, cols, 22);
@@ -449,10 +453,10 @@ TEST(StripeBackendTest, LoadWeightStripesWholeStripesOnVnniWithoutAmx) {
         CpuBackend fast(2);
         auto wf = fast.LoadWeight(host);
         ASSERT_TRUE(wf.ok());
-        const WeightLayout want = !VnniHere()                                   ? WeightLayout::kGguf
-                                  : stripes_here && rows % 16 == 0 && env[0] == '1'
-                                      ? WeightLayout::kStripes16
-                                      : WeightLayout::kInterleaved8;
+        const WeightLayout want =
+            stripes_here && rows % 16 == 0 && env[0] == '1' ? WeightLayout::kStripes16
+            : VnniHere() && type != GgmlType::kQ8_0         ? WeightLayout::kInterleaved8
+                                                            : WeightLayout::kGguf;
         EXPECT_EQ((*wf)->matrix().layout, want) << rows << " rows, TESSERA_CPU_STRIPES=" << env;
         for (int64_t n : {1, 3, 8, 16, 20}) {
           const std::vector<float> x = Activations(n, cols, 5);
