@@ -65,28 +65,37 @@ inline __attribute__((always_inline)) float Dot(const float* a, const float* b, 
   return acc[0];
 }
 
+// Calls fn(p, slot) for the positions p = 0 .. ctx - 1 in order, slot being p's KV slot
+// through the block table: block by block, so no position pays for a division.
+template <typename Fn>
+inline __attribute__((always_inline)) void ForEachSlot(const int32_t* table, int block_tokens,
+                                                       int ctx, Fn&& fn) {
+  for (int p0 = 0, b = 0; p0 < ctx; p0 += block_tokens, ++b) {
+    const int64_t base = int64_t{table[b]} * block_tokens;
+    const int n = std::min(block_tokens, ctx - p0);
+    for (int j = 0; j < n; ++j) fn(p0 + j, base + j);
+  }
+}
+
 inline __attribute__((always_inline)) void AttendHeadBody(const HeadAttention& a) {
   const int hd = a.head_dim;
-  auto slot = [&](int p) {
-    return int64_t{a.table[p / a.block_tokens]} * a.block_tokens + p % a.block_tokens;
-  };
   float max_score = -std::numeric_limits<float>::infinity();
-  for (int p = 0; p < a.ctx; ++p) {
-    a.scores[p] = Dot(a.q, a.k_base + slot(p) * a.slot_stride, hd) * a.scale;
+  ForEachSlot(a.table, a.block_tokens, a.ctx, [&](int p, int64_t slot) {
+    a.scores[p] = Dot(a.q, a.k_base + slot * a.slot_stride, hd) * a.scale;
     max_score = std::max(max_score, a.scores[p]);
-  }
+  });
   float denom = 0.0f;
   for (int p = 0; p < a.ctx; ++p) {
     a.scores[p] = std::exp(a.scores[p] - max_score);
     denom += a.scores[p];
   }
   std::fill(a.out, a.out + hd, 0.0f);
-  for (int p = 0; p < a.ctx; ++p) {
+  ForEachSlot(a.table, a.block_tokens, a.ctx, [&](int p, int64_t slot) {
     const float w = a.scores[p] / denom;
-    const float* v = a.v_base + slot(p) * a.slot_stride;
+    const float* v = a.v_base + slot * a.slot_stride;
 #pragma omp simd
     for (int i = 0; i < hd; ++i) a.out[i] += w * v[i];
-  }
+  });
 }
 
 // AttendHead for a head_dim known at compile time (64: SmolLM2, Llama 3.2 1B/3B; 128: Llama 3
@@ -113,6 +122,19 @@ inline __attribute__((always_inline)) void Load16(const uint16_t* p, V16* v) {
 }
 #endif
 
+// Prefetches the K (or V) row kAhead positions after p when it is in p's block: the rows of a
+// head are a few lines every slot_stride elements, a stream too short and too sparse for the
+// hardware prefetchers to get ahead of (the loads stalled on every position).
+template <int kRowBytes, typename T>
+inline __attribute__((always_inline)) void PrefetchRows(const HeadAttentionOf<T>& a, int p,
+                                                        int64_t slot, bool v = false) {
+  constexpr int kAhead = 6;
+  if (p % a.block_tokens + kAhead >= a.block_tokens || p + kAhead >= a.ctx) return;
+  const char* row =
+      reinterpret_cast<const char*>((v ? a.v_base : a.k_base) + (slot + kAhead) * a.slot_stride);
+  for (int o = 0; o < kRowBytes; o += 64) __builtin_prefetch(row + o);
+}
+
 // N query heads of one KV head (a[0 .. N): same K/V, table and context; own q, scores, out)
 // at once: each K and V row is loaded once for all of them, and the N heads' output sums are
 // independent chains (one head alone waits on the latency of every add). Per head, the
@@ -122,17 +144,15 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
   static_assert(HD % kLanes == 0, "whole vectors");
   constexpr int kV = HD / kLanes;
   const HeadAttentionOf<T>& a0 = a[0];
-  auto slot = [&](int p) {
-    return int64_t{a0.table[p / a0.block_tokens]} * a0.block_tokens + p % a0.block_tokens;
-  };
   V16 q[N][kV];
   float max_score[N];
   for (int n = 0; n < N; ++n) {
     for (int c = 0; c < kV; ++c) Load16(a[n].q + kLanes * c, &q[n][c]);
     max_score[n] = -std::numeric_limits<float>::infinity();
   }
-  for (int p = 0; p < a0.ctx; ++p) {
-    const T* k = a0.k_base + slot(p) * a0.slot_stride;
+  ForEachSlot(a0.table, a0.block_tokens, a0.ctx, [&](int p, int64_t slot) {
+    const T* k = a0.k_base + slot * a0.slot_stride;
+    PrefetchRows<HD * sizeof(T)>(a0, p, slot);
     V16 kc[kV];
     for (int c = 0; c < kV; ++c) Load16(k + kLanes * c, &kc[c]);
     for (int n = 0; n < N; ++n) {
@@ -146,7 +166,7 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
       a[n].scores[p] = score;
       max_score[n] = std::max(max_score[n], score);
     }
-  }
+  });
   float denom[N];
   for (int n = 0; n < N; ++n) {
     denom[n] = 0.0f;
@@ -156,15 +176,16 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
     }
   }
   V16 out[N][kV] = {};
-  for (int p = 0; p < a0.ctx; ++p) {
-    const T* v = a0.v_base + slot(p) * a0.slot_stride;
+  ForEachSlot(a0.table, a0.block_tokens, a0.ctx, [&](int p, int64_t slot) {
+    const T* v = a0.v_base + slot * a0.slot_stride;
+    PrefetchRows<HD * sizeof(T)>(a0, p, slot, /*v=*/true);
     V16 vc[kV];
     for (int c = 0; c < kV; ++c) Load16(v + kLanes * c, &vc[c]);
     for (int n = 0; n < N; ++n) {
       const float w = a[n].scores[p] / denom[n];
       for (int c = 0; c < kV; ++c) out[n][c] += w * vc[c];
     }
-  }
+  });
   for (int n = 0; n < N; ++n) {
     for (int c = 0; c < kV; ++c) std::memcpy(a[n].out + kLanes * c, &out[n][c], sizeof(V16));
   }
