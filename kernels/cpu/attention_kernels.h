@@ -65,22 +65,36 @@ inline __attribute__((always_inline)) float Dot(const float* a, const float* b, 
   return acc[0];
 }
 
-// Calls fn(p, slot) for the positions p = 0 .. ctx - 1 in order, slot being p's KV slot
-// through the block table: block by block, so no position pays for a division.
+// How many positions ahead the fixed-head-dim kernels prefetch K and V rows.
+inline constexpr int kSlotsAhead = 6;
+
+// Calls fn(p, slot, ahead) for the positions p = 0 .. ctx - 1 in order, slot being p's KV slot
+// through the block table and ahead that of position p + kSlotsAhead (-1 past the context):
+// block by block, so no position pays for a division.
 template <typename Fn>
 inline __attribute__((always_inline)) void ForEachSlot(const int32_t* table, int block_tokens,
                                                        int ctx, Fn&& fn) {
+  int b_ahead = kSlotsAhead / block_tokens, j_ahead = kSlotsAhead % block_tokens;
   for (int p0 = 0, b = 0; p0 < ctx; p0 += block_tokens, ++b) {
     const int64_t base = int64_t{table[b]} * block_tokens;
     const int n = std::min(block_tokens, ctx - p0);
-    for (int j = 0; j < n; ++j) fn(p0 + j, base + j);
+    for (int j = 0; j < n; ++j) {
+      const int p = p0 + j;
+      const int64_t ahead =
+          p + kSlotsAhead < ctx ? int64_t{table[b_ahead]} * block_tokens + j_ahead : -1;
+      fn(p, base + j, ahead);
+      if (++j_ahead == block_tokens) {
+        j_ahead = 0;
+        ++b_ahead;
+      }
+    }
   }
 }
 
 inline __attribute__((always_inline)) void AttendHeadBody(const HeadAttention& a) {
   const int hd = a.head_dim;
   float max_score = -std::numeric_limits<float>::infinity();
-  ForEachSlot(a.table, a.block_tokens, a.ctx, [&](int p, int64_t slot) {
+  ForEachSlot(a.table, a.block_tokens, a.ctx, [&](int p, int64_t slot, int64_t) {
     a.scores[p] = Dot(a.q, a.k_base + slot * a.slot_stride, hd) * a.scale;
     max_score = std::max(max_score, a.scores[p]);
   });
@@ -90,7 +104,7 @@ inline __attribute__((always_inline)) void AttendHeadBody(const HeadAttention& a
     denom += a.scores[p];
   }
   std::fill(a.out, a.out + hd, 0.0f);
-  ForEachSlot(a.table, a.block_tokens, a.ctx, [&](int p, int64_t slot) {
+  ForEachSlot(a.table, a.block_tokens, a.ctx, [&](int p, int64_t slot, int64_t) {
     const float w = a.scores[p] / denom;
     const float* v = a.v_base + slot * a.slot_stride;
 #pragma omp simd
@@ -122,16 +136,15 @@ inline __attribute__((always_inline)) void Load16(const uint16_t* p, V16* v) {
 }
 #endif
 
-// Prefetches the K (or V) row kAhead positions after p when it is in p's block: the rows of a
-// head are a few lines every slot_stride elements, a stream too short and too sparse for the
-// hardware prefetchers to get ahead of (the loads stalled on every position).
+// Prefetches the K (or V) row at slot `ahead` (none when -1): the rows of a head are a few
+// lines every slot_stride elements, a stream too short and too sparse for the hardware
+// prefetchers to get ahead of (the loads stalled on every position).
 template <int kRowBytes, typename T>
-inline __attribute__((always_inline)) void PrefetchRows(const HeadAttentionOf<T>& a, int p,
-                                                        int64_t slot, bool v = false) {
-  constexpr int kAhead = 6;
-  if (p % a.block_tokens + kAhead >= a.block_tokens || p + kAhead >= a.ctx) return;
-  const char* row =
-      reinterpret_cast<const char*>((v ? a.v_base : a.k_base) + (slot + kAhead) * a.slot_stride);
+inline __attribute__((always_inline)) void PrefetchRows(const HeadAttentionOf<T>& a,
+                                                        int64_t ahead, bool v = false) {
+  if (ahead < 0) return;
+  const T* base = v ? a.v_base : a.k_base;
+  const char* row = reinterpret_cast<const char*>(base + ahead * a.slot_stride);
   for (int o = 0; o < kRowBytes; o += 64) __builtin_prefetch(row + o);
 }
 
@@ -150,9 +163,9 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
     for (int c = 0; c < kV; ++c) Load16(a[n].q + kLanes * c, &q[n][c]);
     max_score[n] = -std::numeric_limits<float>::infinity();
   }
-  ForEachSlot(a0.table, a0.block_tokens, a0.ctx, [&](int p, int64_t slot) {
+  ForEachSlot(a0.table, a0.block_tokens, a0.ctx, [&](int p, int64_t slot, int64_t ahead) {
     const T* k = a0.k_base + slot * a0.slot_stride;
-    PrefetchRows<HD * sizeof(T)>(a0, p, slot);
+    PrefetchRows<HD * sizeof(T)>(a0, ahead);
     V16 kc[kV];
     for (int c = 0; c < kV; ++c) Load16(k + kLanes * c, &kc[c]);
     for (int n = 0; n < N; ++n) {
@@ -176,9 +189,9 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
     }
   }
   V16 out[N][kV] = {};
-  ForEachSlot(a0.table, a0.block_tokens, a0.ctx, [&](int p, int64_t slot) {
+  ForEachSlot(a0.table, a0.block_tokens, a0.ctx, [&](int p, int64_t slot, int64_t ahead) {
     const T* v = a0.v_base + slot * a0.slot_stride;
-    PrefetchRows<HD * sizeof(T)>(a0, p, slot, /*v=*/true);
+    PrefetchRows<HD * sizeof(T)>(a0, ahead, /*v=*/true);
     V16 vc[kV];
     for (int c = 0; c < kV; ++c) Load16(v + kLanes * c, &vc[c]);
     for (int n = 0; n < N; ++n) {
