@@ -16,6 +16,8 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/cpu/exp_poly.h"
+
 namespace tessera {
 
 // One query head's work: T is the cache's element type (float, or uint16_t binary16 bits).
@@ -91,6 +93,16 @@ inline __attribute__((always_inline)) void ForEachSlot(const int32_t* table, int
   }
 }
 
+// scores[p] = exp(scores[p] - max_score) for p < ctx (exp_poly.h, vectorized); returns their
+// sum, added in position order from +0.
+inline __attribute__((always_inline)) float Softmax(float* scores, int ctx, float max_score) {
+#pragma omp simd
+  for (int p = 0; p < ctx; ++p) scores[p] = ExpPoly(scores[p] - max_score);
+  float denom = 0.0f;
+  for (int p = 0; p < ctx; ++p) denom += scores[p];
+  return denom;
+}
+
 inline __attribute__((always_inline)) void AttendHeadBody(const HeadAttention& a) {
   const int hd = a.head_dim;
   float max_score = -std::numeric_limits<float>::infinity();
@@ -98,11 +110,7 @@ inline __attribute__((always_inline)) void AttendHeadBody(const HeadAttention& a
     a.scores[p] = Dot(a.q, a.k_base + slot * a.slot_stride, hd) * a.scale;
     max_score = std::max(max_score, a.scores[p]);
   });
-  float denom = 0.0f;
-  for (int p = 0; p < a.ctx; ++p) {
-    a.scores[p] = std::exp(a.scores[p] - max_score);
-    denom += a.scores[p];
-  }
+  const float denom = Softmax(a.scores, a.ctx, max_score);
   std::fill(a.out, a.out + hd, 0.0f);
   ForEachSlot(a.table, a.block_tokens, a.ctx, [&](int p, int64_t slot, int64_t) {
     const float w = a.scores[p] / denom;
@@ -181,13 +189,7 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
     }
   });
   float denom[N];
-  for (int n = 0; n < N; ++n) {
-    denom[n] = 0.0f;
-    for (int p = 0; p < a0.ctx; ++p) {
-      a[n].scores[p] = std::exp(a[n].scores[p] - max_score[n]);
-      denom[n] += a[n].scores[p];
-    }
-  }
+  for (int n = 0; n < N; ++n) denom[n] = Softmax(a[n].scores, a0.ctx, max_score[n]);
   V16 out[N][kV] = {};
   ForEachSlot(a0.table, a0.block_tokens, a0.ctx, [&](int p, int64_t slot, int64_t ahead) {
     const T* v = a0.v_base + slot * a0.slot_stride;

@@ -1,5 +1,6 @@
-// CpuBackend's elementwise ops against float64 references: SwiGLU (its vectorized exp) and
-// RoPE (its per-step cos/sin table, which must follow the positions from call to call).
+// CpuBackend's elementwise ops against float64 references: the polynomial exp (exp_poly.h) of
+// SwiGLU and the attention softmax, SwiGLU itself, and RoPE (its per-step cos/sin table, which
+// must follow the positions from call to call).
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -8,9 +9,27 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/exp_poly.h"
 
 namespace tessera {
 namespace {
+
+TEST(ExpPolyTest, WithinTwoUlpOfExpAndZeroFarBelow) {
+  std::vector<float> xs;
+  for (float x = -87.0f; x <= 88.0f; x += 0.0013f) xs.push_back(x);
+  for (float x : {0.0f, -0.0f, 1e-20f, -1e-20f, 0.34657359f, -0.34657359f}) xs.push_back(x);
+  std::vector<float> got(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) got[i] = ExpPoly(xs[i]);  // vectorized at -O3
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double want = std::exp(static_cast<double>(xs[i]));
+    ASSERT_NEAR(got[i], want, 2.4e-7 * want) << "exp(" << xs[i] << ")";
+    // One element at a time (scalar code) gives the same bits as the vector loop.
+    volatile float x = xs[i];
+    ASSERT_EQ(ExpPoly(x), got[i]) << xs[i];
+  }
+  for (float x : {-88.0f, -100.0f, -1e30f}) EXPECT_EQ(ExpPoly(x), 0.0f) << x;
+  EXPECT_EQ(ExpPoly(1e30f), ExpPoly(88.0f));
+}
 
 TEST(CpuSwiGluTest, MatchesFloat64AcrossTheRangeOfExp) {
   std::vector<float> gate, up;
