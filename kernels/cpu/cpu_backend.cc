@@ -340,9 +340,12 @@ absl::Status CpuBackend::Rope(float* x, int64_t n_tokens, int n_heads, const int
   const bool same_positions =
       static_cast<int64_t>(rope_positions_.size()) == n_tokens &&
       std::equal(positions, positions + n_tokens, rope_positions_.begin());
-  if (rope_cache_.empty() || !SameRope(params, rope_cache_params_) || !same_positions) {
+  const bool same_params = !rope_cache_.empty() && SameRope(params, rope_cache_params_);
+  if (!same_params) {
     rope_cache_ = RopeFrequencies(params);
     rope_cache_params_ = params;
+  }
+  if (!same_params || !same_positions) {
     rope_positions_.assign(positions, positions + n_tokens);
     rope_cos_sin_.resize(static_cast<size_t>(n_tokens * half * 2));
     for (int64_t t = 0; t < n_tokens; ++t) {
