@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <random>
 #include <vector>
@@ -160,9 +161,28 @@ std::vector<float> Activations(int64_t n, int64_t cols, uint32_t seed) {
   return x;
 }
 
+// MatMulQ of w (another layout of the GGUF matrix wg) gives the same bits as wg on every
+// instruction set, for each batch size and each threshold of the tiled path, with 1-3 threads.
+void ExpectSameBitsAsGguf(const QuantMatrix& wg, const QuantMatrix& w, const std::vector<float>& x,
+                          std::initializer_list<int64_t> batches,
+                          std::initializer_list<int64_t> gemm_mins) {
+  const int64_t n_blocks = wg.cols / 32;
+  for (CpuIsa isa : AvailableIsas()) {
+    for (int64_t n_batch : batches) {
+      for (int64_t gemm_min : gemm_mins) {
+        const int threads = 1 + static_cast<int>(n_batch % 3);
+        const std::vector<float> want = RunMatMul(wg, x, n_batch, threads, isa, gemm_min);
+        const std::vector<float> got = RunMatMul(w, x, n_batch, threads, isa, gemm_min);
+        EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
+            << GgmlTypeName(wg.type) << " " << n_blocks << " blocks, batch " << n_batch << ", "
+            << CpuIsaName(isa) << ", gemm from " << gemm_min << ", " << threads << " threads";
+      }
+    }
+  }
+}
+
 TEST(InterleaveMatMulTest, SameBitsAsTheGgufLayoutOnEveryPath) {
   constexpr int64_t kRows = 37;  // three 16-row chunks and a partial one
-  constexpr int64_t kBatches[] = {1, 2, 3, 4, 5, 11, 12, 16, 33};
   for (GgmlType type : kTypes) {
     const QuantTraits& t = *FindQuantTraits(type);
     for (int64_t n_blocks : kBlockCounts) {
@@ -172,20 +192,8 @@ TEST(InterleaveMatMulTest, SameBitsAsTheGgufLayoutOnEveryPath) {
       const int64_t row_bytes = *RowBytes(t, cols);
       const QuantMatrix wg{type, kRows, cols, row_bytes, gguf.data()};
       const QuantMatrix wi{type, kRows, cols, row_bytes, il.data(), WeightLayout::kInterleaved8};
-      const std::vector<float> x = Activations(33, cols, 9);
-      for (CpuIsa isa : AvailableIsas()) {
-        for (int64_t n_batch : kBatches) {
-          for (int64_t gemm_min : {int64_t{1}, kDefaultGemmMinBatch, kNoGemm}) {
-            const int threads = 1 + static_cast<int>(n_batch % 3);
-            const std::vector<float> want = RunMatMul(wg, x, n_batch, threads, isa, gemm_min);
-            const std::vector<float> got = RunMatMul(wi, x, n_batch, threads, isa, gemm_min);
-            EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
-                << t.name << " " << n_blocks << " blocks, batch " << n_batch << ", "
-                << CpuIsaName(isa) << ", gemm from " << gemm_min << ", " << threads
-                << " threads";
-          }
-        }
-      }
+      ExpectSameBitsAsGguf(wg, wi, Activations(33, cols, 9), {1, 2, 3, 4, 5, 11, 12, 16, 33},
+                           {1, kDefaultGemmMinBatch, kNoGemm});
     }
   }
 }
@@ -387,7 +395,6 @@ TEST(StripeTest, RoundTripIsExactAndDequantizesAsTheGgufRow) {
 
 TEST(StripeMatMulTest, SameBitsAsTheGgufLayoutOnEveryPath) {
   constexpr int64_t kRows = 3 * kStripeRows;
-  constexpr int64_t kBatches[] = {1, 2, 3, 4, 5, 8, 9, 12, 16, 17, 33};
   for (GgmlType type : kStripeTypes) {
     const QuantTraits& t = *FindQuantTraits(type);
     for (int64_t n_blocks : kBlockCounts) {
@@ -397,20 +404,8 @@ TEST(StripeMatMulTest, SameBitsAsTheGgufLayoutOnEveryPath) {
       const int64_t row_bytes = *RowBytes(t, cols);
       const QuantMatrix wg{type, kRows, cols, row_bytes, gguf.data()};
       const QuantMatrix ws{type, kRows, cols, row_bytes, st.data(), WeightLayout::kStripes16};
-      const std::vector<float> x = Activations(33, cols, 10);
-      for (CpuIsa isa : AvailableIsas()) {
-        for (int64_t n_batch : kBatches) {
-          for (int64_t gemm_min : {int64_t{1}, kNoGemm}) {
-            const int threads = 1 + static_cast<int>(n_batch % 3);
-            const std::vector<float> want = RunMatMul(wg, x, n_batch, threads, isa, gemm_min);
-            const std::vector<float> got = RunMatMul(ws, x, n_batch, threads, isa, gemm_min);
-            EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
-                << t.name << " " << n_blocks << " blocks, batch " << n_batch << ", "
-                << CpuIsaName(isa) << ", gemm from " << gemm_min << ", " << threads
-                << " threads";
-          }
-        }
-      }
+      ExpectSameBitsAsGguf(wg, ws, Activations(33, cols, 10),
+                           {1, 2, 3, 4, 5, 8, 9, 12, 16, 17, 33}, {1, kNoGemm});
     }
   }
 }
