@@ -24,9 +24,12 @@ namespace tessera {
 template <typename T>
 struct HeadAttentionOf {
   const float* q;        // (head_dim) this query head
-  const T* k_base;       // K of slot 0 for this KV head; slot s at k_base + s * slot_stride
+  // K of this KV head at offset 0 of cache block 0: offset j of block b is at
+  // k_base + b * block_stride + j * row_stride.
+  const T* k_base;
   const T* v_base;       // likewise for V
-  int64_t slot_stride;   // elements between consecutive slots
+  int64_t block_stride;  // elements between consecutive cache blocks
+  int row_stride;        // elements between consecutive positions of a block
   const int32_t* table;  // the sequence's block table
   int block_tokens;
   int ctx;               // attend to positions [0, ctx)
@@ -67,25 +70,27 @@ inline __attribute__((always_inline)) float Dot(const float* a, const float* b, 
   return acc[0];
 }
 
-// How many positions ahead the fixed-head-dim kernels prefetch K and V rows.
-inline constexpr int kSlotsAhead = 6;
+// How many positions ahead the fixed-head-dim kernels prefetch V rows, and K rows (which are
+// loaded 16 positions at a time).
+inline constexpr int kSlotsAhead = 6, kKSlotsAhead = 16 + 8;
 
-// Calls fn(p, slot, ahead) for the positions p = 0 .. ctx - 1 in order, slot being p's KV slot
-// through the block table and ahead that of position p + kSlotsAhead (-1 past the context):
-// block by block, so no position pays for a division.
-template <typename Fn>
-inline __attribute__((always_inline)) void ForEachSlot(const int32_t* table, int block_tokens,
-                                                       int ctx, Fn&& fn) {
-  int b_ahead = kSlotsAhead / block_tokens, j_ahead = kSlotsAhead % block_tokens;
-  for (int p0 = 0, b = 0; p0 < ctx; p0 += block_tokens, ++b) {
-    const int64_t base = int64_t{table[b]} * block_tokens;
-    const int n = std::min(block_tokens, ctx - p0);
+// Calls fn(p, row, ahead) for the positions p = 0 .. ctx - 1 in order, row being the offset of
+// p's K (or V) row from k_base (v_base) through the block table, and ahead that of position
+// p + kAhead (-1 past the context): block by block, so no position pays for a division.
+template <int kAhead = kSlotsAhead, typename T, typename Fn>
+inline __attribute__((always_inline)) void ForEachRow(const HeadAttentionOf<T>& a, Fn&& fn) {
+  const int bt = a.block_tokens;
+  int b_ahead = kAhead / bt, j_ahead = kAhead % bt;
+  for (int p0 = 0, b = 0; p0 < a.ctx; p0 += bt, ++b) {
+    const int64_t base = a.table[b] * a.block_stride;
+    const int n = std::min(bt, a.ctx - p0);
     for (int j = 0; j < n; ++j) {
       const int p = p0 + j;
-      const int64_t ahead =
-          p + kSlotsAhead < ctx ? int64_t{table[b_ahead]} * block_tokens + j_ahead : -1;
-      fn(p, base + j, ahead);
-      if (++j_ahead == block_tokens) {
+      const int64_t ahead = p + kAhead < a.ctx
+                                ? a.table[b_ahead] * a.block_stride + int64_t{j_ahead} * a.row_stride
+                                : -1;
+      fn(p, base + int64_t{j} * a.row_stride, ahead);
+      if (++j_ahead == bt) {
         j_ahead = 0;
         ++b_ahead;
       }
@@ -106,15 +111,15 @@ inline __attribute__((always_inline)) float Softmax(float* scores, int ctx, floa
 inline __attribute__((always_inline)) void AttendHeadBody(const HeadAttention& a) {
   const int hd = a.head_dim;
   float max_score = -std::numeric_limits<float>::infinity();
-  ForEachSlot(a.table, a.block_tokens, a.ctx, [&](int p, int64_t slot, int64_t) {
-    a.scores[p] = Dot(a.q, a.k_base + slot * a.slot_stride, hd) * a.scale;
+  ForEachRow(a, [&](int p, int64_t row, int64_t) {
+    a.scores[p] = Dot(a.q, a.k_base + row, hd) * a.scale;
     max_score = std::max(max_score, a.scores[p]);
   });
   const float denom = Softmax(a.scores, a.ctx, max_score);
   std::fill(a.out, a.out + hd, 0.0f);
-  ForEachSlot(a.table, a.block_tokens, a.ctx, [&](int p, int64_t slot, int64_t) {
+  ForEachRow(a, [&](int p, int64_t row, int64_t) {
     const float w = a.scores[p] / denom;
-    const float* v = a.v_base + slot * a.slot_stride;
+    const float* v = a.v_base + row;
 #pragma omp simd
     for (int i = 0; i < hd; ++i) a.out[i] += w * v[i];
   });
@@ -144,38 +149,110 @@ inline __attribute__((always_inline)) void Load16(const uint16_t* p, V16* v) {
 }
 #endif
 
-// Prefetches the K (or V) row at slot `ahead` (none when -1): the rows of a head are a few
-// lines every slot_stride elements, a stream too short and too sparse for the hardware
-// prefetchers to get ahead of (the loads stalled on every position).
+// Prefetches the K (or V) row at offset `ahead` (none when -1): a head's rows are contiguous
+// only within a cache block of a few KiB, and the blocks are scattered, a stream too short for
+// the hardware prefetchers to get ahead of.
 template <int kRowBytes, typename T>
 inline __attribute__((always_inline)) void PrefetchRows(const HeadAttentionOf<T>& a,
                                                         int64_t ahead, bool v = false) {
   if (ahead < 0) return;
   const T* base = v ? a.v_base : a.k_base;
-  const char* row = reinterpret_cast<const char*>(base + ahead * a.slot_stride);
+  const char* row = reinterpret_cast<const char*>(base + ahead);
   for (int o = 0; o < kRowBytes; o += 64) __builtin_prefetch(row + o);
+}
+
+// The scores of 16 consecutive positions p0 .. p0 + 15 (K rows at k_rows[i]) for N query heads:
+// scores[n][p0 + i] = Dot(q_n, k_i) * scale, and vmax[n] = max(vmax[n], those scores). Each
+// dot keeps AttendHead's 16 lanes and tree, but the 16 positions' lanes are reduced together:
+// the tree's first two levels pair whole vectors (lane j with j + 8, then j with j + 4, as
+// 256- and 128-bit halves of two positions side by side), the last two pair 64- and 32-bit
+// elements of four positions, and one permutation puts the scores in position order. Same
+// sums in the same order as one position at a time, so the same bits, with about a third of
+// the shuffles and no scalar adds.
+template <int HD, int N, typename T>
+inline __attribute__((always_inline)) void ScoreGroup(const HeadAttentionOf<T>* a,
+                                                      const V16 (&q)[N][HD / kLanes],
+                                                      const T* const (&k_rows)[kLanes], int p0,
+                                                      V16 (&vmax)[N]) {
+  constexpr int kV = HD / kLanes;
+  // The group's K rows as floats (converted once for all N heads).
+  V16 k[kLanes][kV];
+  for (int i = 0; i < kLanes; ++i) {
+    for (int c = 0; c < kV; ++c) Load16(k_rows[i] + kLanes * c, &k[i][c]);
+  }
+  for (int n = 0; n < N; ++n) {
+    V16 acc[kLanes];
+    for (int i = 0; i < kLanes; ++i) {
+      acc[i] = V16{};
+      for (int c = 0; c < kV; ++c) acc[i] += q[n][c] * k[i][c];
+    }
+    // Lane j + 8 onto j: positions 2m and 2m + 1 in the low and high halves of h[m].
+    V16 h[8];
+    for (int m = 0; m < 8; ++m) {
+      h[m] = __builtin_shufflevector(acc[2 * m], acc[2 * m + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17,
+                                     18, 19, 20, 21, 22, 23) +
+             __builtin_shufflevector(acc[2 * m], acc[2 * m + 1], 8, 9, 10, 11, 12, 13, 14, 15,
+                                     24, 25, 26, 27, 28, 29, 30, 31);
+    }
+    // Lane j + 4 onto j: four positions' four lanes in each f[m].
+    V16 f[4];
+    for (int m = 0; m < 4; ++m) {
+      f[m] = __builtin_shufflevector(h[2 * m], h[2 * m + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17,
+                                     18, 19, 24, 25, 26, 27) +
+             __builtin_shufflevector(h[2 * m], h[2 * m + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21,
+                                     22, 23, 28, 29, 30, 31);
+    }
+    // Lanes 2, 3 onto 0, 1 of each position, then lane 1 onto 0.
+    V16 g[2];
+    for (int m = 0; m < 2; ++m) {
+      g[m] = __builtin_shufflevector(f[2 * m], f[2 * m + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9,
+                                     24, 25, 12, 13, 28, 29) +
+             __builtin_shufflevector(f[2 * m], f[2 * m + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11,
+                                     26, 27, 14, 15, 30, 31);
+    }
+    const V16 dots = __builtin_shufflevector(g[0], g[1], 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24,
+                                             26, 12, 14, 28, 30) +
+                     __builtin_shufflevector(g[0], g[1], 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25,
+                                             27, 13, 15, 29, 31);
+    // Lane 4 r + k holds position 4 k + r.
+    const V16 scores = __builtin_shufflevector(dots, dots, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10,
+                                               14, 3, 7, 11, 15) *
+                       a[0].scale;
+    std::memcpy(a[n].scores + p0, &scores, sizeof scores);
+    vmax[n] = vmax[n] > scores ? vmax[n] : scores;
+  }
 }
 
 // N query heads of one KV head (a[0 .. N): same K/V, table and context; own q, scores, out)
 // at once: each K and V row is loaded once for all of them, and the N heads' output sums are
 // independent chains (one head alone waits on the latency of every add). Per head, the
-// operations and their order are exactly those of AttendHead.
+// operations and their order are exactly those of AttendHead. Scores come 16 positions at a
+// time (ScoreGroup), the context's last ctx % 16 one by one.
 template <int HD, int N, typename T>
 inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionOf<T>* a) {
   static_assert(HD % kLanes == 0, "whole vectors");
   constexpr int kV = HD / kLanes;
   const HeadAttentionOf<T>& a0 = a[0];
   V16 q[N][kV];
-  float max_score[N];
+  V16 vmax[N];
   for (int n = 0; n < N; ++n) {
     for (int c = 0; c < kV; ++c) Load16(a[n].q + kLanes * c, &q[n][c]);
-    max_score[n] = -std::numeric_limits<float>::infinity();
+    for (int i = 0; i < kLanes; ++i) vmax[n][i] = -std::numeric_limits<float>::infinity();
   }
-  ForEachSlot(a0.table, a0.block_tokens, a0.ctx, [&](int p, int64_t slot, int64_t ahead) {
-    const T* k = a0.k_base + slot * a0.slot_stride;
+  const T* k_rows[kLanes];
+  ForEachRow<kKSlotsAhead>(a0, [&](int p, int64_t row, int64_t ahead) {
     PrefetchRows<HD * sizeof(T)>(a0, ahead);
+    k_rows[p % kLanes] = a0.k_base + row;
+    if (p % kLanes == kLanes - 1) ScoreGroup<HD, N>(a, q, k_rows, p - (kLanes - 1), vmax);
+  });
+  float max_score[N];
+  for (int n = 0; n < N; ++n) {
+    max_score[n] = vmax[n][0];
+    for (int i = 1; i < kLanes; ++i) max_score[n] = std::max(max_score[n], vmax[n][i]);
+  }
+  for (int p = a0.ctx - a0.ctx % kLanes; p < a0.ctx; ++p) {
     V16 kc[kV];
-    for (int c = 0; c < kV; ++c) Load16(k + kLanes * c, &kc[c]);
+    for (int c = 0; c < kV; ++c) Load16(k_rows[p % kLanes] + kLanes * c, &kc[c]);
     for (int n = 0; n < N; ++n) {
       V16 acc = {};
       for (int c = 0; c < kV; ++c) acc += q[n][c] * kc[c];
@@ -187,17 +264,35 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
       a[n].scores[p] = score;
       max_score[n] = std::max(max_score[n], score);
     }
-  });
-  float denom[N];
-  for (int n = 0; n < N; ++n) denom[n] = Softmax(a[n].scores, a0.ctx, max_score[n]);
+  }
+  // Softmax, then the weights exp(score - max) / denom of every position (vectorized divisions,
+  // the same as one at a time).
+  for (int n = 0; n < N; ++n) {
+    float* e = a[n].scores;
+    const float m = max_score[n];
+#pragma omp simd
+    for (int p = 0; p < a0.ctx; ++p) e[p] = ExpPoly(e[p] - m);
+  }
+  // Each head's sum in position order from +0, the N heads' sums side by side (one sum alone
+  // waits on the latency of every add).
+  float denom[N] = {};
+  for (int p = 0; p < a0.ctx; ++p) {
+    for (int n = 0; n < N; ++n) denom[n] += a[n].scores[p];
+  }
+  for (int n = 0; n < N; ++n) {
+    float* w = a[n].scores;
+    const float d = denom[n];
+#pragma omp simd
+    for (int p = 0; p < a0.ctx; ++p) w[p] /= d;
+  }
   V16 out[N][kV] = {};
-  ForEachSlot(a0.table, a0.block_tokens, a0.ctx, [&](int p, int64_t slot, int64_t ahead) {
-    const T* v = a0.v_base + slot * a0.slot_stride;
+  ForEachRow(a0, [&](int p, int64_t row, int64_t ahead) {
+    const T* v = a0.v_base + row;
     PrefetchRows<HD * sizeof(T)>(a0, ahead, /*v=*/true);
     V16 vc[kV];
     for (int c = 0; c < kV; ++c) Load16(v + kLanes * c, &vc[c]);
     for (int n = 0; n < N; ++n) {
-      const float w = a[n].scores[p] / denom[n];
+      const float w = a[n].scores[p];
       for (int c = 0; c < kV; ++c) out[n][c] += w * vc[c];
     }
   });

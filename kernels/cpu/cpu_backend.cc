@@ -433,12 +433,14 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
       return absl::InvalidArgumentError(absl::StrCat("KV slot ", slot, " out of range"));
     }
     for (int kv = 0; kv < 2; ++kv) {
-      const float* src = (kv == 0 ? k : v) + t * kv_floats;
-      uint8_t* dst = KvSlot(layer, kv, slot);
-      if (f16) {
-        FloatsToFp16(src, kv_floats, reinterpret_cast<uint16_t*>(dst));
-      } else {
-        std::memcpy(dst, src, kv_floats * sizeof(float));
+      for (int h = 0; h < L.n_kv_heads; ++h) {
+        const float* src = (kv == 0 ? k : v) + t * kv_floats + int64_t{h} * hd;
+        uint8_t* dst = KvRow(layer, kv, slot, h);
+        if (f16) {
+          FloatsToFp16(src, hd, reinterpret_cast<uint16_t*>(dst));
+        } else {
+          std::memcpy(dst, src, hd * sizeof(float));
+        }
       }
     }
   }
@@ -473,7 +475,6 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
   // (no AVX-512, or another head dim) each item's rows are converted into a float scratch
   // first (exact), and the float kernels run on that.
   const bool f16_native = f16 && (hd == 64 || hd == 128) && GetCpuFeatures().avx512;
-  const int64_t row_elems = int64_t{L.n_kv_heads} * hd;
   pool_.Run([&](int thread, int n_threads) {
     int64_t begin, end;
     ThreadPool::Share(n_work, thread, n_threads, 1, &begin, &end);
@@ -492,9 +493,10 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
       for (int i = 0; i < n; ++i) {
         HeadAttention& a = heads[i];
         a.q = q + (t * n_heads + h0 + i) * hd;
-        a.k_base = reinterpret_cast<const float*>(KvSlot(layer, 0, 0)) + kvh * hd;
-        a.v_base = reinterpret_cast<const float*>(KvSlot(layer, 1, 0)) + kvh * hd;
-        a.slot_stride = row_elems;
+        a.k_base = reinterpret_cast<const float*>(KvRow(layer, 0, 0, kvh));
+        a.v_base = reinterpret_cast<const float*>(KvRow(layer, 1, 0, kvh));
+        a.block_stride = int64_t{L.block_tokens} * hd;
+        a.row_stride = hd;
         a.table = table.data();
         a.block_tokens = L.block_tokens;
         a.ctx = ctx;
@@ -506,10 +508,18 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
       if (f16_native) {
         for (int i = 0; i < n; ++i) {
           const HeadAttention& a = heads[i];
-          heads16[i] = {a.q,   reinterpret_cast<const uint16_t*>(KvSlot(layer, 0, 0)) + kvh * hd,
-                        reinterpret_cast<const uint16_t*>(KvSlot(layer, 1, 0)) + kvh * hd,
-                        a.slot_stride, a.table, a.block_tokens, a.ctx, a.head_dim, a.scale,
-                        a.scores, a.out};
+          heads16[i] = {a.q,
+                        reinterpret_cast<const uint16_t*>(KvRow(layer, 0, 0, kvh)),
+                        reinterpret_cast<const uint16_t*>(KvRow(layer, 1, 0, kvh)),
+                        a.block_stride,
+                        a.row_stride,
+                        a.table,
+                        a.block_tokens,
+                        a.ctx,
+                        a.head_dim,
+                        a.scale,
+                        a.scores,
+                        a.out};
         }
         AttendHeadsF16Avx512(heads16, n);
         continue;
@@ -522,8 +532,8 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
         for (int p = 0; p < ctx; ++p) {
           const int64_t s =
               int64_t{table[p / L.block_tokens]} * L.block_tokens + p % L.block_tokens;
-          const auto* k16 = reinterpret_cast<const uint16_t*>(KvSlot(layer, 0, s)) + kvh * hd;
-          const auto* v16 = reinterpret_cast<const uint16_t*>(KvSlot(layer, 1, s)) + kvh * hd;
+          const auto* k16 = reinterpret_cast<const uint16_t*>(KvRow(layer, 0, s, kvh));
+          const auto* v16 = reinterpret_cast<const uint16_t*>(KvRow(layer, 1, s, kvh));
           Fp16ToFloats(k16, hd, k_rows.data() + int64_t{p} * hd);
           Fp16ToFloats(v16, hd, v_rows.data() + int64_t{p} * hd);
         }
@@ -532,7 +542,8 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
         for (int i = 0; i < n; ++i) {
           heads[i].k_base = k_rows.data();
           heads[i].v_base = v_rows.data();
-          heads[i].slot_stride = hd;
+          heads[i].block_stride = int64_t{L.block_tokens} * hd;
+          heads[i].row_stride = hd;
           heads[i].table = identity.data();
         }
       }

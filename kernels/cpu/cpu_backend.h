@@ -68,13 +68,16 @@ class CpuBackend final : public Backend {
                          const AttentionBatch& batch, float* out) override;
 
  private:
-  // The cache row (n_kv_heads * head_dim elements of kv_layout_.type) of K (kv = 0) or V
-  // (kv = 1) of `layer` at `slot`.
-  uint8_t* KvSlot(int layer, int kv, int64_t slot) {
-    const int64_t row = int64_t{kv_layout_.n_kv_heads} * kv_layout_.head_dim;
-    const int64_t per_kv = kv_layout_.n_blocks * kv_layout_.block_tokens * row;
-    return kv_->data() +
-           ((int64_t{layer} * 2 + kv) * per_kv + slot * row) * KvTypeBytes(kv_layout_.type);
+  // The cache row (head_dim elements of kv_layout_.type) of K (kv = 0) or V (kv = 1) of
+  // `layer`, KV head `head`, at `slot`. Each KV head of a layer has its own region of slot rows
+  // ((layer, kv, head, slot, head_dim)), so attention, which reads one head's rows at a time,
+  // streams them: a sequence's blocks, when they are consecutive, are one run of memory.
+  uint8_t* KvRow(int layer, int kv, int64_t slot, int head) {
+    const KvLayout& L = kv_layout_;
+    const int64_t per_head = L.n_blocks * L.block_tokens * L.head_dim;
+    const int64_t elem =
+        ((int64_t{layer} * 2 + kv) * L.n_kv_heads + head) * per_head + slot * L.head_dim;
+    return kv_->data() + elem * KvTypeBytes(L.type);
   }
 
   absl::Status ExactMatMul(const QuantMatrix& w, const float* x, int64_t n_tokens, float* y);

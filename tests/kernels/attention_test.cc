@@ -117,9 +117,11 @@ TEST_P(AttentionTest, MatchesFloat64AndIsTheSameBitsAlone) {
 
   std::vector<Seq> seqs(2);
   seqs[0].table = {5, 2, 9};
-  seqs[1].table = {7, 0};
+  // Sequence 1's 150 positions span ten blocks; the kernels walk them block by block and
+  // prefetch rows ahead across block boundaries.
+  seqs[1].table = {7, 0, 12, 25, 14, 19, 16, 21, 13, 28};
   std::vector<Seq> solo(1);  // sequence 1 alone, in other blocks
-  solo[0].table = {30, 11};
+  solo[0].table = {30, 11, 1, 3, 4, 6, 8, 10, 15, 17};
   auto make = [&](int seq, int pos) {
     Token t{seq, pos, Normal(kHeads * hd, &rng), Normal(kKvHeads * hd, &rng),
             Normal(kKvHeads * hd, &rng)};
@@ -136,11 +138,11 @@ TEST_P(AttentionTest, MatchesFloat64AndIsTheSameBitsAlone) {
     seqs[seq].v.push_back(v);
     return t;
   };
-  // Step 1: prefill 20 tokens of sequence 0 and 10 of sequence 1; step 2: one decode each.
+  // Step 1: prefill 20 tokens of sequence 0 and 149 of sequence 1; step 2: one decode each.
   std::vector<std::vector<Token>> steps(2);
   for (int p = 0; p < 20; ++p) steps[0].push_back(make(0, p));
-  for (int p = 0; p < 10; ++p) steps[0].push_back(make(1, p));
-  steps[1].push_back(make(1, 10));
+  for (int p = 0; p < 149; ++p) steps[0].push_back(make(1, p));
+  steps[1].push_back(make(1, 149));
   steps[1].push_back(make(0, 20));
 
   for (const std::vector<Token>& step : steps) {
