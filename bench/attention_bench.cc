@@ -72,8 +72,8 @@ int Run() {
     return 2;
   }
   const int threads = absl::GetFlag(FLAGS_threads), batch = absl::GetFlag(FLAGS_batch);
-  if (threads < 1 || batch < 1) {
-    std::fprintf(stderr, "--threads and --batch must be >= 1\n");
+  if (threads < 1 || batch < 1 || absl::GetFlag(FLAGS_evict_mib) < 0) {
+    std::fprintf(stderr, "--threads and --batch must be >= 1, --evict_mib >= 0\n");
     return 2;
   }
   const int max_ctx = *std::max_element(ctxs.begin(), ctxs.end());
@@ -181,19 +181,25 @@ int Run() {
     double seconds = 0.0;
     while (seconds < absl::GetFlag(FLAGS_min_seconds) || step_seconds.size() < 5) {
       stream_evict();
-      (void)backend.Attention(0, q.data(), k.data(), v.data(), shape.heads, warm, out.data());
+      absl::Status st =
+          backend.Attention(0, q.data(), k.data(), v.data(), shape.heads, warm, out.data());
       const auto t0 = std::chrono::steady_clock::now();
-      for (int l = 0; l < shape.layers; ++l) {
-        (void)backend.Attention(l, q.data(), k.data(), v.data(), shape.heads, ab, out.data());
+      for (int l = 0; l < shape.layers && st.ok(); ++l) {
+        st = backend.Attention(l, q.data(), k.data(), v.data(), shape.heads, ab, out.data());
       }
       step_seconds.push_back(
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      if (!st.ok()) {
+        std::fprintf(stderr, "attention: %s\n", std::string(st.message()).c_str());
+        return 1;
+      }
       seconds += step_seconds.back();
     }
     // The median step (the machine's noise comes in bursts).
     std::sort(step_seconds.begin(), step_seconds.end());
     const double step_s = step_seconds[step_seconds.size() / 2];
-    const double kv_bytes = 2.0 * shape.layers * batch * ctx * kv_floats * KvTypeBytes(layout.type);
+    const double kv_bytes =
+        2.0 * shape.layers * batch * ctx * kv_floats * KvTypeBytes(layout.type);
     std::printf("%8d %12.1f %12.2f %10.2f %9.0f%%\n", ctx, step_s * 1e6,
                 step_s * 1e6 / shape.layers, kv_bytes / step_s / 1e9,
                 100.0 * kv_bytes / step_s / bandwidth);

@@ -86,9 +86,9 @@ inline __attribute__((always_inline)) void ForEachRow(const HeadAttentionOf<T>& 
     const int n = std::min(bt, a.ctx - p0);
     for (int j = 0; j < n; ++j) {
       const int p = p0 + j;
-      const int64_t ahead = p + kAhead < a.ctx
-                                ? a.table[b_ahead] * a.block_stride + int64_t{j_ahead} * a.row_stride
-                                : -1;
+      const int64_t ahead =
+          p + kAhead < a.ctx ? a.table[b_ahead] * a.block_stride + int64_t{j_ahead} * a.row_stride
+                             : -1;
       fn(p, base + int64_t{j} * a.row_stride, ahead);
       if (++j_ahead == bt) {
         j_ahead = 0;
