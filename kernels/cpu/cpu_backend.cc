@@ -457,36 +457,50 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
   }
   const int group = n_heads / L.n_kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  // Work items: (token, KV head, a run of up to max_heads of its query heads), the longest runs
-  // that still give every thread an item. A run loads each K and V row once for all its heads,
-  // and decode attention waits on those loads: SmolLM2's decode step (3 KV heads of 3 query
-  // heads) spent ~40% less time in attention with one item per KV head, two on one thread and
-  // one on the other, than with one item per query head, 5 and 4. The numbers are the same
-  // whatever the runs.
-  int max_heads = hd == 64 ? kMaxHeads64 : hd == 128 ? kMaxHeads128 : 1;
-  max_heads = std::min(max_heads, group);
-  auto runs_of = [&](int m) { return (group + m - 1) / m; };
-  while (max_heads > 1 && n_tokens * L.n_kv_heads * runs_of(max_heads) < pool_.size()) {
-    --max_heads;
+  // Each thread takes a contiguous range of the step's (token, query head) pairs, the ranges
+  // cut where the work (positions attended, plus a little per head) reaches an equal share.
+  // Within its range a thread goes KV head by KV head, up to max_heads query heads of one KV
+  // head per kernel call, each K and V row loaded once for all of them (decode attention waits
+  // on those loads: SmolLM2's step spent ~40% less time in attention with one call per KV
+  // head than with one per query head). A KV head whose query heads straddle two ranges is
+  // read by both threads: SmolLM2 (3 KV heads of 3) splits 5 and 4 heads instead of 6 and 3,
+  // and a prefill's later tokens, which attend to more positions, are spread like its first.
+  // The numbers are the same whatever the ranges.
+  const int max_heads =
+      std::min(group, hd == 64 ? kMaxHeads64 : hd == 128 ? kMaxHeads128 : 1);
+  constexpr int64_t kHeadWork = 8;  // a head's fixed cost, in positions
+  std::vector<int64_t>& work_before = attention_work_before_;
+  work_before.resize(static_cast<size_t>(n_tokens) + 1);
+  work_before[0] = 0;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    work_before[t + 1] = work_before[t] + n_heads * (batch.position[t] + 1 + kHeadWork);
   }
-  const int runs = runs_of(max_heads);
-  const int64_t n_work = n_tokens * L.n_kv_heads * runs;
+  const int64_t total_work = work_before[n_tokens];
+  // The first (token, head) pair, as t * n_heads + h, whose work starts at or after `target`.
+  auto pair_at = [&](int64_t target) -> int64_t {
+    if (target >= total_work) return n_tokens * n_heads;
+    const int64_t t =
+        std::upper_bound(work_before.begin(), work_before.end(), target) - work_before.begin() - 1;
+    const int64_t per_head = (work_before[t + 1] - work_before[t]) / n_heads;
+    return t * n_heads + (target - work_before[t] + per_head - 1) / per_head;
+  };
   // An f16 cache goes to the AVX-512 kernels that convert rows as they load them; elsewhere
   // (no AVX-512, or another head dim) each item's rows are converted into a float scratch
   // first (exact), and the float kernels run on that.
   const bool f16_native = f16 && (hd == 64 || hd == 128) && GetCpuFeatures().avx512;
   pool_.Run([&](int thread, int n_threads) {
-    int64_t begin, end;
-    ThreadPool::Share(n_work, thread, n_threads, 1, &begin, &end);
+    const int64_t begin = pair_at(total_work * thread / n_threads);
+    const int64_t end = pair_at(total_work * (thread + 1) / n_threads);
     std::vector<float> scores, k_rows, v_rows;
     std::vector<int32_t> identity;
     HeadAttention heads[kMaxHeads64];
     HeadAttentionF16 heads16[kMaxHeads64];
-    for (int64_t w = begin; w < end; ++w) {
-      const int64_t t = w / (int64_t{L.n_kv_heads} * runs);
-      const int kvh = static_cast<int>(w / runs % L.n_kv_heads);
-      const int h0 = kvh * group + static_cast<int>(w % runs) * max_heads;
-      const int n = std::min(max_heads, (kvh + 1) * group - h0);
+    int n = 0;  // query heads in this call
+    for (int64_t pair = begin; pair < end; pair += n) {
+      const int64_t t = pair / n_heads;
+      const int h0 = static_cast<int>(pair % n_heads);
+      const int kvh = h0 / group;
+      n = static_cast<int>(std::min<int64_t>({max_heads, (kvh + 1) * group - h0, end - pair}));
       const std::vector<int32_t>& table = batch.block_table[batch.seq_of_token[t]];
       const int ctx = batch.position[t] + 1;
       scores.resize(static_cast<size_t>(ctx) * n);

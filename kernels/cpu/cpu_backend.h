@@ -102,6 +102,7 @@ class CpuBackend final : public Backend {
   RopeParams rope_cache_params_;
   std::vector<int32_t> rope_positions_;  // the positions of rope_cos_sin_
   std::vector<float> rope_cos_sin_;      // (token, pair): cos, sin
+  std::vector<int64_t> attention_work_before_;  // Attention's work of the tokens before each
 };
 
 }  // namespace tessera
