@@ -24,12 +24,9 @@ namespace tessera {
 template <typename T>
 struct HeadAttentionOf {
   const float* q;        // (head_dim) this query head
-  // K of this KV head at offset 0 of cache block 0: offset j of block b is at
-  // k_base + b * block_stride + j * row_stride.
-  const T* k_base;
+  const T* k_base;       // K of slot 0 for this KV head; slot s at k_base + s * slot_stride
   const T* v_base;       // likewise for V
-  int64_t block_stride;  // elements between consecutive cache blocks
-  int row_stride;        // elements between consecutive positions of a block
+  int64_t slot_stride;   // elements between consecutive slots
   const int32_t* table;  // the sequence's block table
   int block_tokens;
   int ctx;               // attend to positions [0, ctx)
@@ -74,23 +71,22 @@ inline __attribute__((always_inline)) float Dot(const float* a, const float* b, 
 // loaded 16 positions at a time).
 inline constexpr int kSlotsAhead = 6, kKSlotsAhead = 16 + 8;
 
-// Calls fn(p, row, ahead) for the positions p = 0 .. ctx - 1 in order, row being the offset of
-// p's K (or V) row from k_base (v_base) through the block table, and ahead that of position
-// p + kAhead (-1 past the context): block by block, so no position pays for a division.
-template <int kAhead = kSlotsAhead, typename T, typename Fn>
-inline __attribute__((always_inline)) void ForEachRow(const HeadAttentionOf<T>& a, Fn&& fn) {
-  const int bt = a.block_tokens;
-  int b_ahead = kAhead / bt, j_ahead = kAhead % bt;
-  for (int p0 = 0, b = 0; p0 < a.ctx; p0 += bt, ++b) {
-    const int64_t base = a.table[b] * a.block_stride;
-    const int n = std::min(bt, a.ctx - p0);
+// Calls fn(p, slot, ahead) for the positions p = 0 .. ctx - 1 in order, slot being p's KV slot
+// through the block table and ahead that of position p + kAhead (-1 past the context): block by
+// block, so no position pays for a division.
+template <int kAhead = kSlotsAhead, typename Fn>
+inline __attribute__((always_inline)) void ForEachSlot(const int32_t* table, int block_tokens,
+                                                       int ctx, Fn&& fn) {
+  int b_ahead = kAhead / block_tokens, j_ahead = kAhead % block_tokens;
+  for (int p0 = 0, b = 0; p0 < ctx; p0 += block_tokens, ++b) {
+    const int64_t base = int64_t{table[b]} * block_tokens;
+    const int n = std::min(block_tokens, ctx - p0);
     for (int j = 0; j < n; ++j) {
       const int p = p0 + j;
       const int64_t ahead =
-          p + kAhead < a.ctx ? a.table[b_ahead] * a.block_stride + int64_t{j_ahead} * a.row_stride
-                             : -1;
-      fn(p, base + int64_t{j} * a.row_stride, ahead);
-      if (++j_ahead == bt) {
+          p + kAhead < ctx ? int64_t{table[b_ahead]} * block_tokens + j_ahead : -1;
+      fn(p, base + j, ahead);
+      if (++j_ahead == block_tokens) {
         j_ahead = 0;
         ++b_ahead;
       }
@@ -111,15 +107,15 @@ inline __attribute__((always_inline)) float Softmax(float* scores, int ctx, floa
 inline __attribute__((always_inline)) void AttendHeadBody(const HeadAttention& a) {
   const int hd = a.head_dim;
   float max_score = -std::numeric_limits<float>::infinity();
-  ForEachRow(a, [&](int p, int64_t row, int64_t) {
-    a.scores[p] = Dot(a.q, a.k_base + row, hd) * a.scale;
+  ForEachSlot(a.table, a.block_tokens, a.ctx, [&](int p, int64_t slot, int64_t) {
+    a.scores[p] = Dot(a.q, a.k_base + slot * a.slot_stride, hd) * a.scale;
     max_score = std::max(max_score, a.scores[p]);
   });
   const float denom = Softmax(a.scores, a.ctx, max_score);
   std::fill(a.out, a.out + hd, 0.0f);
-  ForEachRow(a, [&](int p, int64_t row, int64_t) {
+  ForEachSlot(a.table, a.block_tokens, a.ctx, [&](int p, int64_t slot, int64_t) {
     const float w = a.scores[p] / denom;
-    const float* v = a.v_base + row;
+    const float* v = a.v_base + slot * a.slot_stride;
 #pragma omp simd
     for (int i = 0; i < hd; ++i) a.out[i] += w * v[i];
   });
@@ -149,15 +145,15 @@ inline __attribute__((always_inline)) void Load16(const uint16_t* p, V16* v) {
 }
 #endif
 
-// Prefetches the K (or V) row at offset `ahead` (none when -1): a head's rows are contiguous
-// only within a cache block of a few KiB, and the blocks are scattered, a stream too short for
-// the hardware prefetchers to get ahead of.
+// Prefetches the K (or V) row at slot `ahead` (none when -1): a sequence's blocks may be
+// scattered, and a head's rows within one block are a stream of a few KiB, too short for the
+// hardware prefetchers to get ahead of at its start.
 template <int kRowBytes, typename T>
 inline __attribute__((always_inline)) void PrefetchRows(const HeadAttentionOf<T>& a,
                                                         int64_t ahead, bool v = false) {
   if (ahead < 0) return;
   const T* base = v ? a.v_base : a.k_base;
-  const char* row = reinterpret_cast<const char*>(base + ahead);
+  const char* row = reinterpret_cast<const char*>(base + ahead * a.slot_stride);
   for (int o = 0; o < kRowBytes; o += 64) __builtin_prefetch(row + o);
 }
 
@@ -240,9 +236,10 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
     for (int i = 0; i < kLanes; ++i) vmax[n][i] = -std::numeric_limits<float>::infinity();
   }
   const T* k_rows[kLanes];
-  ForEachRow<kKSlotsAhead>(a0, [&](int p, int64_t row, int64_t ahead) {
+  ForEachSlot<kKSlotsAhead>(a0.table, a0.block_tokens, a0.ctx,
+                            [&](int p, int64_t slot, int64_t ahead) {
     PrefetchRows<HD * sizeof(T)>(a0, ahead);
-    k_rows[p % kLanes] = a0.k_base + row;
+    k_rows[p % kLanes] = a0.k_base + slot * a0.slot_stride;
     if (p % kLanes == kLanes - 1) ScoreGroup<HD, N>(a, q, k_rows, p - (kLanes - 1), vmax);
   });
   float max_score[N];
@@ -286,8 +283,8 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
     for (int p = 0; p < a0.ctx; ++p) w[p] /= d;
   }
   V16 out[N][kV] = {};
-  ForEachRow(a0, [&](int p, int64_t row, int64_t ahead) {
-    const T* v = a0.v_base + row;
+  ForEachSlot(a0.table, a0.block_tokens, a0.ctx, [&](int p, int64_t slot, int64_t ahead) {
+    const T* v = a0.v_base + slot * a0.slot_stride;
     PrefetchRows<HD * sizeof(T)>(a0, ahead, /*v=*/true);
     V16 vc[kV];
     for (int c = 0; c < kV; ++c) Load16(v + kLanes * c, &vc[c]);

@@ -509,8 +509,7 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
         a.q = q + (t * n_heads + h0 + i) * hd;
         a.k_base = reinterpret_cast<const float*>(KvRow(layer, 0, 0, kvh));
         a.v_base = reinterpret_cast<const float*>(KvRow(layer, 1, 0, kvh));
-        a.block_stride = int64_t{L.block_tokens} * hd;
-        a.row_stride = hd;
+        a.slot_stride = hd;
         a.table = table.data();
         a.block_tokens = L.block_tokens;
         a.ctx = ctx;
@@ -522,18 +521,10 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
       if (f16_native) {
         for (int i = 0; i < n; ++i) {
           const HeadAttention& a = heads[i];
-          heads16[i] = {a.q,
-                        reinterpret_cast<const uint16_t*>(KvRow(layer, 0, 0, kvh)),
+          heads16[i] = {a.q, reinterpret_cast<const uint16_t*>(KvRow(layer, 0, 0, kvh)),
                         reinterpret_cast<const uint16_t*>(KvRow(layer, 1, 0, kvh)),
-                        a.block_stride,
-                        a.row_stride,
-                        a.table,
-                        a.block_tokens,
-                        a.ctx,
-                        a.head_dim,
-                        a.scale,
-                        a.scores,
-                        a.out};
+                        a.slot_stride, a.table, a.block_tokens, a.ctx, a.head_dim, a.scale,
+                        a.scores, a.out};
         }
         AttendHeadsF16Avx512(heads16, n);
         continue;
@@ -556,8 +547,7 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
         for (int i = 0; i < n; ++i) {
           heads[i].k_base = k_rows.data();
           heads[i].v_base = v_rows.data();
-          heads[i].block_stride = int64_t{L.block_tokens} * hd;
-          heads[i].row_stride = hd;
+          heads[i].slot_stride = hd;
           heads[i].table = identity.data();
         }
       }
