@@ -35,6 +35,9 @@ ABSL_FLAG(int, batch, 1, "sequences, one decode token each");
 ABSL_FLAG(std::string, kv_type, "f16", "f16 or f32");
 ABSL_FLAG(int64_t, evict_mib, 96, "memory streamed between steps (MiB; 0: none)");
 ABSL_FLAG(double, min_seconds, 1.0, "minimum timed duration per context length");
+ABSL_FLAG(int, layers, 0,
+          "layers (0: the shape's); fewer keep the cache in L1/L2 with --evict_mib 0, which times "
+          "the arithmetic alone");
 
 namespace tessera {
 namespace {
@@ -57,6 +60,11 @@ int Run() {
     std::fprintf(stderr, "unknown --shape %s\n", absl::GetFlag(FLAGS_shape).c_str());
     return 2;
   }
+  if (absl::GetFlag(FLAGS_layers) < 0) {
+    std::fprintf(stderr, "--layers must be 0 (the shape's) or more\n");
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_layers) > 0) shape.layers = absl::GetFlag(FLAGS_layers);
   std::vector<int> ctxs;
   for (absl::string_view v : absl::StrSplit(absl::GetFlag(FLAGS_ctx), ',')) {
     int c;

@@ -50,7 +50,11 @@ namespace {  // NOLINT(build/namespaces): see the top of the file
 
 // The dot product keeps 16 independent partial sums combined in a fixed order, so it vectorises
 // without the compiler reassociating anything: the result does not depend on pointer alignment,
-// which keeps a sequence's numbers the same whichever batch it runs in.
+// which keeps a sequence's numbers the same whichever batch it runs in. Each product is added
+// to its lane by a fused multiply-add (one rounding; __builtin_fmaf is exact on every CPU, an
+// instruction where the clone has FMA: the x86-64-v3 and AVX-512 ones), as is each weighted V
+// row to the output: on AVX-512 CPUs that split 512-bit work over two pipes (Zen 4) separate
+// multiplies and adds kept the adder busy with twice the operations.
 constexpr int kLanes = 16;
 
 inline __attribute__((always_inline)) float Dot(const float* a, const float* b, int n) {
@@ -58,9 +62,26 @@ inline __attribute__((always_inline)) float Dot(const float* a, const float* b, 
   int i = 0;
   for (; i + kLanes <= n; i += kLanes) {
 #pragma omp simd
-    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
+    for (int j = 0; j < kLanes; ++j) acc[j] = __builtin_fmaf(a[i + j], b[i + j], acc[j]);
   }
-  for (int j = 0; i < n; ++i, ++j) acc[j] += a[i] * b[i];
+  for (int j = 0; i < n; ++i, ++j) acc[j] = __builtin_fmaf(a[i], b[i], acc[j]);
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
+  }
+  return acc[0];
+}
+
+// x[0] + ... + x[n - 1] in Dot's order: element i added to lane i mod 16 (from +0, in order),
+// the lanes combined by the same tree. One vector add per 16 elements instead of a chain of
+// scalar adds that waits on the latency of each.
+inline __attribute__((always_inline)) float Sum(const float* x, int n) {
+  float acc[kLanes] = {};
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j];
+  }
+  for (int j = 0; i < n; ++i, ++j) acc[j] += x[i];
   for (int width = kLanes / 2; width > 0; width /= 2) {
     for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
   }
@@ -94,14 +115,40 @@ inline __attribute__((always_inline)) void ForEachSlot(const int32_t* table, int
   }
 }
 
+// Calls fn(p, row, ahead) for the positions p = 0 .. ctx - 1 in order, row being p's row (of
+// the KV head's region at base, slot_stride elements between slots) and ahead that of position
+// p + kAhead where it is in p's block or the next (nullptr otherwise): one table lookup per
+// block, not per position.
+template <int kAhead = kSlotsAhead, typename T, typename Fn>
+inline __attribute__((always_inline)) void ForEachRow(const T* base, int64_t slot_stride,
+                                                      const int32_t* table, int block_tokens,
+                                                      int ctx, Fn&& fn) {
+  const int64_t block_stride = int64_t{block_tokens} * slot_stride;
+  for (int p0 = 0, b = 0; p0 < ctx; p0 += block_tokens, ++b) {
+    const int n = std::min(block_tokens, ctx - p0);
+    const T* rows = base + table[b] * block_stride;
+    const T* next = p0 + block_tokens < ctx ? base + table[b + 1] * block_stride : nullptr;
+    for (int j = 0; j < n; ++j) {
+      const int ja = j + kAhead;
+      const T* ahead = nullptr;
+      if (p0 + ja < ctx) {
+        if (ja < block_tokens) {
+          ahead = rows + ja * slot_stride;
+        } else if (ja < 2 * block_tokens) {
+          ahead = next + (ja - block_tokens) * slot_stride;
+        }
+      }
+      fn(p0 + j, rows + j * slot_stride, ahead);
+    }
+  }
+}
+
 // scores[p] = exp(scores[p] - max_score) for p < ctx (exp_poly.h, vectorized); returns their
-// sum, added in position order from +0.
+// Sum.
 inline __attribute__((always_inline)) float Softmax(float* scores, int ctx, float max_score) {
 #pragma omp simd
   for (int p = 0; p < ctx; ++p) scores[p] = ExpPoly(scores[p] - max_score);
-  float denom = 0.0f;
-  for (int p = 0; p < ctx; ++p) denom += scores[p];
-  return denom;
+  return Sum(scores, ctx);
 }
 
 inline __attribute__((always_inline)) void AttendHeadBody(const HeadAttention& a) {
@@ -117,22 +164,44 @@ inline __attribute__((always_inline)) void AttendHeadBody(const HeadAttention& a
     const float w = a.scores[p] / denom;
     const float* v = a.v_base + slot * a.slot_stride;
 #pragma omp simd
-    for (int i = 0; i < hd; ++i) a.out[i] += w * v[i];
+    for (int i = 0; i < hd; ++i) a.out[i] = __builtin_fmaf(w, v[i], a.out[i]);
   });
 }
 
 // AttendHead for a head_dim known at compile time (64: SmolLM2, Llama 3.2 1B/3B; 128: Llama 3
-// 8B..405B), with the same arithmetic in the same order, so the same bits: each score is Dot's
-// 16 lanes (starting at +0, one product per element, elements i and i + 16 k in lane i mod 16)
-// reduced by the same tree (lanes j + 8, then j + 4, j + 2, j + 1), and the output accumulates
-// w * v position by position from +0. What changes is only where values live: the query and
-// the output in vector registers for the whole context instead of memory on every position.
+// 8B..405B), with the same arithmetic in the same order: each score is Dot's 16 lanes (one
+// fused multiply-add per element, elements i and i + 16 k in lane i mod 16) reduced by the same
+// tree (lanes j + 8, then j + 4, j + 2, j + 1), and the output accumulates w * v position by
+// position. What changes is only where values live (the query and the output in vector
+// registers for the whole context instead of memory on every position), and that a lane starts
+// from its first product rather than +0 plus it: the two differ only where every product of the
+// lane is -0 (a -0 sum instead of +0), and no score, maximum or weight changes with the sign of
+// a zero (exp(s - max) is the same), so the outputs are the same bits.
 typedef float V16 __attribute__((vector_size(64)));
 typedef float V8 __attribute__((vector_size(32)));
 typedef float V4 __attribute__((vector_size(16)));
 
+// *acc = a * b + *acc, each lane rounded once (one vfmadd where the clone has FMA).
 // (By pointer, not by value: a vector return type would change the ABI of the non-AVX-512
 // clones.)
+inline __attribute__((always_inline)) void MulAdd(const V16& a, const V16& b, V16* acc) {
+  float x[kLanes], y[kLanes], z[kLanes];
+  std::memcpy(x, &a, sizeof x);
+  std::memcpy(y, &b, sizeof y);
+  std::memcpy(z, acc, sizeof z);
+#pragma omp simd
+  for (int i = 0; i < kLanes; ++i) z[i] = __builtin_fmaf(x[i], y[i], z[i]);
+  std::memcpy(acc, z, sizeof z);
+}
+inline __attribute__((always_inline)) void MulAdd(float a, const V16& b, V16* acc) {
+  float y[kLanes], z[kLanes];
+  std::memcpy(y, &b, sizeof y);
+  std::memcpy(z, acc, sizeof z);
+#pragma omp simd
+  for (int i = 0; i < kLanes; ++i) z[i] = __builtin_fmaf(a, y[i], z[i]);
+  std::memcpy(acc, z, sizeof z);
+}
+
 inline __attribute__((always_inline)) void Load16(const float* p, V16* v) {
   std::memcpy(v, p, sizeof *v);
 }
@@ -157,65 +226,75 @@ inline __attribute__((always_inline)) void PrefetchRows(const HeadAttentionOf<T>
   for (int o = 0; o < kRowBytes; o += 64) __builtin_prefetch(row + o);
 }
 
-// The scores of 16 consecutive positions p0 .. p0 + 15 (K rows at k_rows[i]) for N query heads:
+// The scores of 16 consecutive positions p0 .. p0 + 15 (K rows at row(i)) for N query heads:
 // scores[n][p0 + i] = Dot(q_n, k_i) * scale, and vmax[n] = max(vmax[n], those scores). Each
 // dot keeps AttendHead's 16 lanes and tree, but the 16 positions' lanes are reduced together:
 // the tree's first two levels pair whole vectors (lane j with j + 8, then j with j + 4, as
 // 256- and 128-bit halves of two positions side by side), the last two pair 64- and 32-bit
 // elements of four positions, and one permutation puts the scores in position order. Same
 // sums in the same order as one position at a time, so the same bits, with about a third of
-// the shuffles and no scalar adds.
-template <int HD, int N, typename T>
+// the shuffles and no scalar adds. The rows are taken two at a time, each pair's partial sums
+// folded into the tree at once, so that what is live at any time (the queries, two rows, one
+// partial result per level and head) fits the registers: nothing is spilled and reloaded.
+template <int HD, int N, typename T, typename RowFn>
 inline __attribute__((always_inline)) void ScoreGroup(const HeadAttentionOf<T>* a,
                                                       const V16 (&q)[N][HD / kLanes],
-                                                      const T* const (&k_rows)[kLanes], int p0,
+                                                      const RowFn& row, int p0,
                                                       V16 (&vmax)[N]) {
   constexpr int kV = HD / kLanes;
-  // The group's K rows as floats (converted once for all N heads).
-  V16 k[kLanes][kV];
-  for (int i = 0; i < kLanes; ++i) {
-    for (int c = 0; c < kV; ++c) Load16(k_rows[i] + kLanes * c, &k[i][c]);
-  }
-  for (int n = 0; n < N; ++n) {
-    V16 acc[kLanes];
-    for (int i = 0; i < kLanes; ++i) {
-      acc[i] = V16{};
-      for (int c = 0; c < kV; ++c) acc[i] += q[n][c] * k[i][c];
+  V16 h_prev[N] = {}, f_prev[N] = {}, g_prev[N] = {};
+  for (int m = 0; m < kLanes / 2; ++m) {
+    // Rows 2m and 2m + 1 as floats (converted once for all N heads).
+    V16 k0[kV], k1[kV];
+    for (int c = 0; c < kV; ++c) {
+      Load16(row(2 * m) + kLanes * c, &k0[c]);
+      Load16(row(2 * m + 1) + kLanes * c, &k1[c]);
     }
-    // Lane j + 8 onto j: positions 2m and 2m + 1 in the low and high halves of h[m].
-    V16 h[8];
-    for (int m = 0; m < 8; ++m) {
-      h[m] = __builtin_shufflevector(acc[2 * m], acc[2 * m + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17,
-                                     18, 19, 20, 21, 22, 23) +
-             __builtin_shufflevector(acc[2 * m], acc[2 * m + 1], 8, 9, 10, 11, 12, 13, 14, 15,
-                                     24, 25, 26, 27, 28, 29, 30, 31);
+    for (int n = 0; n < N; ++n) {
+      V16 acc0 = q[n][0] * k0[0], acc1 = q[n][0] * k1[0];
+      for (int c = 1; c < kV; ++c) {
+        MulAdd(q[n][c], k0[c], &acc0);
+        MulAdd(q[n][c], k1[c], &acc1);
+      }
+      // Lane j + 8 onto j: positions 2m and 2m + 1 in the low and high halves of h.
+      const V16 h = __builtin_shufflevector(acc0, acc1, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19,
+                                            20, 21, 22, 23) +
+                    __builtin_shufflevector(acc0, acc1, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25,
+                                            26, 27, 28, 29, 30, 31);
+      if (m % 2 == 0) {
+        h_prev[n] = h;
+        continue;
+      }
+      // Lane j + 4 onto j: four positions' four lanes in f.
+      const V16 f = __builtin_shufflevector(h_prev[n], h, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18,
+                                            19, 24, 25, 26, 27) +
+                    __builtin_shufflevector(h_prev[n], h, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22,
+                                            23, 28, 29, 30, 31);
+      if (m % 4 == 1) {
+        f_prev[n] = f;
+        continue;
+      }
+      // Lanes 2, 3 onto 0, 1 of each position (eight positions' two lanes in g).
+      const V16 g = __builtin_shufflevector(f_prev[n], f, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24,
+                                            25, 12, 13, 28, 29) +
+                    __builtin_shufflevector(f_prev[n], f, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26,
+                                            27, 14, 15, 30, 31);
+      if (m == 3) {
+        g_prev[n] = g;
+        continue;
+      }
+      // Lane 1 onto 0.
+      const V16 dots = __builtin_shufflevector(g_prev[n], g, 0, 2, 16, 18, 4, 6, 20, 22, 8, 10,
+                                               24, 26, 12, 14, 28, 30) +
+                       __builtin_shufflevector(g_prev[n], g, 1, 3, 17, 19, 5, 7, 21, 23, 9, 11,
+                                               25, 27, 13, 15, 29, 31);
+      // Lane 4 r + k holds position 4 k + r.
+      const V16 scores = __builtin_shufflevector(dots, dots, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10,
+                                                 14, 3, 7, 11, 15) *
+                         a[0].scale;
+      std::memcpy(a[n].scores + p0, &scores, sizeof scores);
+      vmax[n] = vmax[n] > scores ? vmax[n] : scores;
     }
-    // Lane j + 4 onto j: four positions' four lanes in each f[m].
-    V16 f[4];
-    for (int m = 0; m < 4; ++m) {
-      f[m] = __builtin_shufflevector(h[2 * m], h[2 * m + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17,
-                                     18, 19, 24, 25, 26, 27) +
-             __builtin_shufflevector(h[2 * m], h[2 * m + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21,
-                                     22, 23, 28, 29, 30, 31);
-    }
-    // Lanes 2, 3 onto 0, 1 of each position, then lane 1 onto 0.
-    V16 g[2];
-    for (int m = 0; m < 2; ++m) {
-      g[m] = __builtin_shufflevector(f[2 * m], f[2 * m + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9,
-                                     24, 25, 12, 13, 28, 29) +
-             __builtin_shufflevector(f[2 * m], f[2 * m + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11,
-                                     26, 27, 14, 15, 30, 31);
-    }
-    const V16 dots = __builtin_shufflevector(g[0], g[1], 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24,
-                                             26, 12, 14, 28, 30) +
-                     __builtin_shufflevector(g[0], g[1], 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25,
-                                             27, 13, 15, 29, 31);
-    // Lane 4 r + k holds position 4 k + r.
-    const V16 scores = __builtin_shufflevector(dots, dots, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10,
-                                               14, 3, 7, 11, 15) *
-                       a[0].scale;
-    std::memcpy(a[n].scores + p0, &scores, sizeof scores);
-    vmax[n] = vmax[n] > scores ? vmax[n] : scores;
   }
 }
 
@@ -236,12 +315,39 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
     for (int i = 0; i < kLanes; ++i) vmax[n][i] = -std::numeric_limits<float>::infinity();
   }
   const T* k_rows[kLanes];
-  ForEachSlot<kKSlotsAhead>(a0.table, a0.block_tokens, a0.ctx,
-                            [&](int p, int64_t slot, int64_t ahead) {
-    PrefetchRows<HD * sizeof(T)>(a0, ahead);
-    k_rows[p % kLanes] = a0.k_base + slot * a0.slot_stride;
-    if (p % kLanes == kLanes - 1) ScoreGroup<HD, N>(a, q, k_rows, p - (kLanes - 1), vmax);
-  });
+  const int bt = a0.block_tokens;
+  if (bt % kLanes == 0) {
+    // Every group of 16 positions lies in one block: 16 consecutive rows of the KV head's
+    // region, found with one lookup, and prefetched two groups ahead.
+    const int groups_end = a0.ctx - a0.ctx % kLanes;
+    auto group_rows = [&](int p0) {
+      return a0.k_base + (int64_t{a0.table[p0 / bt]} * bt + p0 % bt) * a0.slot_stride;
+    };
+    for (int p0 = 0; p0 < groups_end; p0 += kLanes) {
+      if (p0 + 2 * kLanes < a0.ctx) {
+        const char* ahead = reinterpret_cast<const char*>(group_rows(p0 + 2 * kLanes));
+        for (int i = 0; i < kLanes; ++i) {
+          for (int o = 0; o < HD * static_cast<int>(sizeof(T)); o += 64) {
+            __builtin_prefetch(ahead + i * a0.slot_stride * sizeof(T) + o);
+          }
+        }
+      }
+      const T* rows = group_rows(p0);
+      ScoreGroup<HD, N>(a, q, [&](int i) { return rows + i * a0.slot_stride; }, p0, vmax);
+    }
+    for (int p = groups_end; p < a0.ctx; ++p) {
+      k_rows[p % kLanes] =
+          a0.k_base + (int64_t{a0.table[p / bt]} * bt + p % bt) * a0.slot_stride;
+    }
+  } else {
+    ForEachSlot<kKSlotsAhead>(a0.table, bt, a0.ctx, [&](int p, int64_t slot, int64_t ahead) {
+      PrefetchRows<HD * sizeof(T)>(a0, ahead);
+      k_rows[p % kLanes] = a0.k_base + slot * a0.slot_stride;
+      if (p % kLanes == kLanes - 1) {
+        ScoreGroup<HD, N>(a, q, [&](int i) { return k_rows[i]; }, p - (kLanes - 1), vmax);
+      }
+    });
+  }
   float max_score[N];
   for (int n = 0; n < N; ++n) {
     max_score[n] = vmax[n][0];
@@ -251,8 +357,8 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
     V16 kc[kV];
     for (int c = 0; c < kV; ++c) Load16(k_rows[p % kLanes] + kLanes * c, &kc[c]);
     for (int n = 0; n < N; ++n) {
-      V16 acc = {};
-      for (int c = 0; c < kV; ++c) acc += q[n][c] * kc[c];
+      V16 acc = q[n][0] * kc[0];
+      for (int c = 1; c < kV; ++c) MulAdd(q[n][c], kc[c], &acc);
       const V8 h = __builtin_shufflevector(acc, acc, 0, 1, 2, 3, 4, 5, 6, 7) +
                    __builtin_shufflevector(acc, acc, 8, 9, 10, 11, 12, 13, 14, 15);
       const V4 f =
@@ -265,32 +371,24 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
   // Softmax, then the weights exp(score - max) / denom of every position (vectorized divisions,
   // the same as one at a time).
   for (int n = 0; n < N; ++n) {
-    float* e = a[n].scores;
-    const float m = max_score[n];
-#pragma omp simd
-    for (int p = 0; p < a0.ctx; ++p) e[p] = ExpPoly(e[p] - m);
-  }
-  // Each head's sum in position order from +0, the N heads' sums side by side (one sum alone
-  // waits on the latency of every add).
-  float denom[N] = {};
-  for (int p = 0; p < a0.ctx; ++p) {
-    for (int n = 0; n < N; ++n) denom[n] += a[n].scores[p];
-  }
-  for (int n = 0; n < N; ++n) {
     float* w = a[n].scores;
-    const float d = denom[n];
+    const float d = Softmax(w, a0.ctx, max_score[n]);
 #pragma omp simd
     for (int p = 0; p < a0.ctx; ++p) w[p] /= d;
   }
   V16 out[N][kV] = {};
-  ForEachSlot(a0.table, a0.block_tokens, a0.ctx, [&](int p, int64_t slot, int64_t ahead) {
-    const T* v = a0.v_base + slot * a0.slot_stride;
-    PrefetchRows<HD * sizeof(T)>(a0, ahead, /*v=*/true);
+  ForEachRow(a0.v_base, a0.slot_stride, a0.table, bt, a0.ctx, [&](int p, const T* v,
+                                                                  const T* ahead) {
+    if (ahead != nullptr) {
+      for (int o = 0; o < HD * static_cast<int>(sizeof(T)); o += 64) {
+        __builtin_prefetch(reinterpret_cast<const char*>(ahead) + o);
+      }
+    }
     V16 vc[kV];
     for (int c = 0; c < kV; ++c) Load16(v + kLanes * c, &vc[c]);
     for (int n = 0; n < N; ++n) {
       const float w = a[n].scores[p];
-      for (int c = 0; c < kV; ++c) out[n][c] += w * vc[c];
+      for (int c = 0; c < kV; ++c) MulAdd(w, vc[c], &out[n][c]);
     }
   });
   for (int n = 0; n < N; ++n) {

@@ -85,15 +85,16 @@ class HostBuffer final : public DeviceBuffer {
   std::vector<float> data_;
 };
 // One query head's causal attention (attention_kernels.h). target_clones compiles it for
-// AVX-512, AVX2 and the baseline and picks one at load time from the CPU's features (one
-// indirect call per head, not per position).
-__attribute__((target_clones("avx512f", "avx2", "default"))) void AttendHead(
+// AVX-512, x86-64-v3 (AVX2 with FMA) and the baseline and picks one at load time from the CPU's
+// features (one indirect call per head, not per position). The baseline has no FMA instruction:
+// its fused multiply-adds are library calls, exact and slow.
+__attribute__((target_clones("avx512f", "arch=x86-64-v3", "default"))) void AttendHead(
     const HeadAttention& a) {
   AttendHeadBody(a);
 }
 
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void AttendHeads64(
+__attribute__((target_clones("avx512f", "arch=x86-64-v3", "default"))) void AttendHeads64(
     const HeadAttention* a, int n) {
   switch (n) {
     case 1:
@@ -107,7 +108,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void AttendHeads64(
   }
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void AttendHeads128(
+__attribute__((target_clones("avx512f", "arch=x86-64-v3", "default"))) void AttendHeads128(
     const HeadAttention* a, int n) {
   if (n == 1) return AttendHeadsFixed<128, 1>(a);
   return AttendHeadsFixed<128, 2>(a);
