@@ -91,6 +91,8 @@ inline __attribute__((always_inline)) float Sum(const float* x, int n) {
 // How many positions ahead the fixed-head-dim kernels prefetch V rows, and K rows (which are
 // loaded 16 positions at a time).
 inline constexpr int kSlotsAhead = 6, kKSlotsAhead = 16 + 8;
+// How many groups of 16 positions ahead the K rows are prefetched where blocks hold whole groups.
+inline constexpr int kGroupsAhead = 4;
 
 // Calls fn(p, slot, ahead) for the positions p = 0 .. ctx - 1 in order, slot being p's KV slot
 // through the block table and ahead that of position p + kAhead (-1 past the context): block by
@@ -318,21 +320,27 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
   const int bt = a0.block_tokens;
   if (bt % kLanes == 0) {
     // Every group of 16 positions lies in one block: 16 consecutive rows of the KV head's
-    // region, found with one lookup, and prefetched two groups ahead.
+    // region, found with one lookup, and prefetched kGroupsAhead groups ahead; the group's V
+    // rows are fetched into L2 meanwhile, so the V pass does not start on a cold stream.
     const int groups_end = a0.ctx - a0.ctx % kLanes;
-    auto group_rows = [&](int p0) {
-      return a0.k_base + (int64_t{a0.table[p0 / bt]} * bt + p0 % bt) * a0.slot_stride;
-    };
+    auto group_slot = [&](int p0) { return int64_t{a0.table[p0 / bt]} * bt + p0 % bt; };
+    constexpr int kRowBytes = HD * static_cast<int>(sizeof(T));
+    const int64_t stride_bytes = a0.slot_stride * static_cast<int64_t>(sizeof(T));
     for (int p0 = 0; p0 < groups_end; p0 += kLanes) {
-      if (p0 + 2 * kLanes < a0.ctx) {
-        const char* ahead = reinterpret_cast<const char*>(group_rows(p0 + 2 * kLanes));
+      if (p0 + kGroupsAhead * kLanes < a0.ctx) {
+        const char* ahead = reinterpret_cast<const char*>(
+            a0.k_base + group_slot(p0 + kGroupsAhead * kLanes) * a0.slot_stride);
         for (int i = 0; i < kLanes; ++i) {
-          for (int o = 0; o < HD * static_cast<int>(sizeof(T)); o += 64) {
-            __builtin_prefetch(ahead + i * a0.slot_stride * sizeof(T) + o);
-          }
+          for (int o = 0; o < kRowBytes; o += 64) __builtin_prefetch(ahead + i * stride_bytes + o);
         }
       }
-      const T* rows = group_rows(p0);
+      const int64_t slot = group_slot(p0);
+      const char* v = reinterpret_cast<const char*>(a0.v_base + slot * a0.slot_stride);
+      for (int i = 0; i < kLanes; ++i) {
+        // Locality 2: prefetcht1, into L2.
+        for (int o = 0; o < kRowBytes; o += 64) __builtin_prefetch(v + i * stride_bytes + o, 0, 2);
+      }
+      const T* rows = a0.k_base + slot * a0.slot_stride;
       ScoreGroup<HD, N>(a, q, [&](int i) { return rows + i * a0.slot_stride; }, p0, vmax);
     }
     for (int p = groups_end; p < a0.ctx; ++p) {

@@ -504,6 +504,21 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
       n = static_cast<int>(std::min<int64_t>({max_heads, (kvh + 1) * group - h0, end - pair}));
       const std::vector<int32_t>& table = batch.block_table[batch.seq_of_token[t]];
       const int ctx = batch.position[t] + 1;
+      if (pair + n < end) {
+        // The next call's first K rows (those its own prefetches do not reach in time: every
+        // (sequence, KV head) is a new stream) are fetched into L2 while this call runs.
+        const int64_t t_next = (pair + n) / n_heads;
+        const int kvh_next = static_cast<int>((pair + n) % n_heads) / group;
+        const std::vector<int32_t>& table_next = batch.block_table[batch.seq_of_token[t_next]];
+        const int rows = std::min(batch.position[t_next] + 1, kGroupsAhead * 16);
+        const int row_bytes = hd * (f16 ? 2 : 4);
+        for (int p = 0; p < rows; ++p) {
+          const int64_t s = int64_t{table_next[p / L.block_tokens]} * L.block_tokens +
+                            p % L.block_tokens;
+          const uint8_t* row = KvRow(layer, 0, s, kvh_next);
+          for (int o = 0; o < row_bytes; o += 64) __builtin_prefetch(row + o, 0, 2);
+        }
+      }
       scores.resize(static_cast<size_t>(ctx) * n);
       for (int i = 0; i < n; ++i) {
         HeadAttention& a = heads[i];
