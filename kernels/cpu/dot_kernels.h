@@ -83,6 +83,8 @@ using StripeRowsFn = void (*)(const uint8_t* w, int64_t row_bytes, int64_t row_b
                               int64_t row_end, int64_t n_blocks, const uint8_t* act,
                               int64_t act_stride, int64_t n_batch, float* y, int64_t y_stride);
 StripeRowsFn Avx512VnniStripeRows(GgmlType type);
+// The k-quant part of Avx512VnniStripeRows (Q4_K; stripes_kquant_avx512vnni.cc).
+StripeRowsFn Avx512VnniKQuantStripeRows(GgmlType type);
 // The k-quant halves of the tables above (their own files, to keep files short).
 RowDotFn ScalarKQuantRowDot(GgmlType type);
 RowDotFn Avx2KQuantRowDot(GgmlType type);

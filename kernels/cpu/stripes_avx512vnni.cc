@@ -188,7 +188,7 @@ StripeRowsFn Avx512VnniStripeRows(GgmlType type) {
     case GgmlType::kQ8_0:
       return StripeRowsOf<Striped<Q8_0>>;
     default:
-      return nullptr;
+      return Avx512VnniKQuantStripeRows(type);
   }
 }
 

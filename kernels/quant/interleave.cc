@@ -9,7 +9,10 @@ namespace tessera {
 namespace {
 
 // Bytes of the scale fields at the start of a block (d, or d and m).
-int ScaleBytes(GgmlType type) { return type == GgmlType::kQ4_1 ? 4 : 2; }
+// Bytes of a block's fp16 fields at its start (Q4_1: d, m; Q4_K: d, dmin).
+int ScaleBytes(GgmlType type) {
+  return type == GgmlType::kQ4_1 || type == GgmlType::kQ4_K ? 4 : 2;
+}
 
 // One group of eight blocks (`blocks`, GGUF, block_bytes apart) <-> its interleaved form.
 // The code of element e of a GGUF block is the low nibble of qs[e] (e < 16) or the high
@@ -101,7 +104,8 @@ bool InterleaveSupported(GgmlType type) {
 }
 
 bool StripeSupported(GgmlType type) {
-  return InterleaveSupported(type) || type == GgmlType::kQ8_0;
+  return InterleaveSupported(type) || type == GgmlType::kQ8_0 || type == GgmlType::kQ4_K ||
+         type == GgmlType::kQ6_K;
 }
 
 int StripeCodeBytes(GgmlType type) {
@@ -116,6 +120,19 @@ void DeinterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_
   ConvertRow<false>(type, src, n_blocks, dst);
 }
 
+int StripeChunk(GgmlType type, int c) {
+  if (type != GgmlType::kQ6_K) return c;
+  if (c >= 48) return c - 48;  // the scales first
+  // ql bytes 4 c' of half h = c' / 16 are chunk column c' % 8 of A (c' % 16 < 8) or B; qh
+  // bytes 4 c' of half h = c' / 8 are column c' % 8 of H. Group (h, column / 4) holds its
+  // columns' A, then B, then H chunks.
+  const bool ql = c < 32;
+  const int h = ql ? c / 16 : (c - 32) / 8;
+  const int col = ql ? c % 8 : (c - 32) % 8;
+  const int part = ql ? (c % 16) / 8 : 2;  // A, B, H
+  return 4 + 12 * (2 * h + col / 4) + 4 * part + col % 4;
+}
+
 int64_t StripeSlot(int64_t k, int64_t n_blocks) {
   // Chains 0 .. c - 1 hold (n_blocks - i + 7) / 8 blocks each.
   const int64_t c = k % 8;
@@ -128,22 +145,25 @@ namespace {
 
 // Where row i's bytes go in a stripe: fn(stripe_offset, row_offset, bytes) for each piece of
 // each block k of the row: code bytes 4 c .. 4 c + 3 to 64 c + 4 i of k's unit, the fp16
-// field f (d = 0, m = 1) to StripeCodeBytes + 32 f + 2 i. Every supported block is its fp16
-// field(s), then its codes.
+// field f (d = 0, m or dmin = 1) to StripeCodeBytes + 32 f + 2 i. Every supported block is its
+// fp16 field(s), then its codes (Q4_K's packed scales count as codes), except Q6_K: its codes
+// and int8 scales, then d.
 template <typename Fn>
 void ForEachStripePiece(GgmlType type, int64_t n_blocks, int i, Fn fn) {
   const int block_bytes = static_cast<int>(FindQuantTraits(type)->block_bytes);
   const int scale_bytes = ScaleBytes(type);
   const int code_bytes = block_bytes - scale_bytes;
+  const bool fields_last = type == GgmlType::kQ6_K;
+  const int code_start = fields_last ? 0 : scale_bytes, field_start = fields_last ? code_bytes : 0;
   const int64_t unit_bytes = int64_t{kStripeRows} * block_bytes;
   for (int64_t k = 0; k < n_blocks; ++k) {
     const int64_t unit = StripeSlot(k, n_blocks) * unit_bytes;
     const int64_t block = k * block_bytes;
     for (int c = 0; c < code_bytes / 4; ++c) {
-      fn(unit + 64 * c + 4 * i, block + scale_bytes + 4 * c, 4);
+      fn(unit + 64 * StripeChunk(type, c) + 4 * i, block + code_start + 4 * c, 4);
     }
     for (int f = 0; f < scale_bytes / 2; ++f) {
-      fn(unit + kStripeRows * code_bytes + 32 * f + 2 * i, block + 2 * f, 2);
+      fn(unit + kStripeRows * code_bytes + 32 * f + 2 * i, block + field_start + 2 * f, 2);
     }
   }
 }

@@ -49,7 +49,7 @@ bool InterleaveSupported(GgmlType type);
 void InterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* dst);
 void DeinterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* dst);
 
-// The striped layout of Q4_0, Q4_1 and Q8_0 (WeightLayout::kStripes16).
+// The striped layout of Q4_0, Q4_1, Q8_0, Q4_K and Q6_K (WeightLayout::kStripes16).
 //
 // The interleaved layout still leaves a kernel to reduce each block's products across lanes,
 // and at small batches (decode of 2-16 sequences) the tiled GEMM spends half of its time
@@ -76,12 +76,24 @@ void DeinterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_
 // exactly the bytes of its 16 blocks (288 for Q4_0, 320 for Q4_1, 544 for Q8_0), so a stripe
 // is 16 rows' bytes. Nothing within a block is rounded or reordered: the kernels compute the
 // same integer block dots and canonical sums.
+//
+// The k-quants follow the same scheme with a 256-element super-block per unit. Q4_K (2304
+// bytes): its 140 bytes after d and dmin (the 12 packed scale bytes, then qs) as 35 chunks in
+// block order, then d[16] and dmin[16]; a kernel unpacks the 16 rows' scales from chunks 0..2
+// and reads 4-element groups from the code chunks as for Q4_0. Q6_K (3360 bytes): its 208
+// bytes before d (ql, qh, the int8 scales) as 52 chunks in the order StripeChunk gives, then
+// d[16].
 
-// Whether `type` has the striped layout (Q4_0, Q4_1, Q8_0).
+// Whether `type` has the striped layout (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K).
 bool StripeSupported(GgmlType type);
 
 // Bytes of a unit's codes (16 Q); d[16] follows, then m[16].
 int StripeCodeBytes(GgmlType type);
+
+// The 64-byte chunk of a unit that holds code bytes 4 c .. 4 c + 3 of each row's block: c for
+// every type but Q6_K, whose chunks are in the order its kernel reads them (scales, then per
+// half h and column group: ql's A and B chunks and qh's; stripes_kquant_avx512vnni.cc).
+int StripeChunk(GgmlType type, int c);
 
 // The slot (unit index within its stripe) of block column k of n_blocks, in chain order.
 int64_t StripeSlot(int64_t k, int64_t n_blocks);

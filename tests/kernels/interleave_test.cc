@@ -166,7 +166,7 @@ std::vector<float> Activations(int64_t n, int64_t cols, uint32_t seed) {
 void ExpectSameBitsAsGguf(const QuantMatrix& wg, const QuantMatrix& w, const std::vector<float>& x,
                           std::initializer_list<int64_t> batches,
                           std::initializer_list<int64_t> gemm_mins) {
-  const int64_t n_blocks = wg.cols / 32;
+  const int64_t n_blocks = wg.cols / FindQuantTraits(wg.type)->block_elems;
   for (CpuIsa isa : AvailableIsas()) {
     for (int64_t n_batch : batches) {
       for (int64_t gemm_min : gemm_mins) {
@@ -320,7 +320,8 @@ TEST(InterleaveBackendTest, EngineLogitsAreTheSameBits) {
 
 // --- The striped layout.
 
-constexpr GgmlType kStripeTypes[] = {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ8_0};
+constexpr GgmlType kStripeTypes[] = {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ8_0,
+                                     GgmlType::kQ4_K, GgmlType::kQ6_K};
 
 std::vector<uint8_t> StripeAll(GgmlType type, const std::vector<uint8_t>& gguf, int64_t rows,
                                int64_t n_blocks) {
@@ -344,8 +345,14 @@ TEST(StripeTest, UnitsFollowTheDocumentedLayoutInChainOrder) {
   }
   for (GgmlType type : kStripeTypes) {
     const QuantTraits& t = *FindQuantTraits(type);
-    const int scale_bytes = type == GgmlType::kQ4_1 ? 4 : 2;
-    const int code_bytes = static_cast<int>(t.block_bytes) - scale_bytes;  // 16, or Q8_0's 32
+    // The fp16 fields at the block's start: d (Q4_1: and m; Q4_K: and dmin); the rest,
+    // Q4_K's packed scales included, is code chunks. Q6_K: codes and scales, then d.
+    const bool two_fields = type == GgmlType::kQ4_1 || type == GgmlType::kQ4_K;
+    const bool fields_last = type == GgmlType::kQ6_K;
+    const int scale_bytes = two_fields ? 4 : 2;
+    const int code_bytes = static_cast<int>(t.block_bytes) - scale_bytes;  // 16 .. 208
+    const int code_start = fields_last ? 0 : scale_bytes;
+    const int field_start = fields_last ? code_bytes : 0;
     const int64_t row_bytes = kBlocks * t.block_bytes;
     std::mt19937 rng(17);
     std::vector<uint8_t> gguf(static_cast<size_t>(kStripeRows * row_bytes));
@@ -357,12 +364,13 @@ TEST(StripeTest, UnitsFollowTheDocumentedLayoutInChainOrder) {
       for (int i = 0; i < kStripeRows; ++i) {
         const uint8_t* block = gguf.data() + i * row_bytes + k * t.block_bytes;
         for (int c = 0; c < code_bytes / 4; ++c) {
-          EXPECT_EQ(0, std::memcmp(unit + 64 * c + 4 * i, block + scale_bytes + 4 * c, 4))
+          EXPECT_EQ(0, std::memcmp(unit + 64 * StripeChunk(type, c) + 4 * i,
+                                   block + code_start + 4 * c, 4))
               << t.name << " block " << k << " row " << i << " chunk " << c;
         }
-        const uint8_t* d = unit + 16 * code_bytes;  // 256, or Q8_0's 512
-        EXPECT_EQ(0, std::memcmp(d + 2 * i, block, 2)) << t.name << " d, row " << i;
-        if (type == GgmlType::kQ4_1) {
+        const uint8_t* d = unit + 16 * code_bytes;  // 256, 512, 2240 or 3328
+        EXPECT_EQ(0, std::memcmp(d + 2 * i, block + field_start, 2)) << t.name << " d, row " << i;
+        if (two_fields) {
           EXPECT_EQ(0, std::memcmp(d + 32 + 2 * i, block + 2, 2)) << "m, row " << i;
         }
       }
@@ -374,7 +382,7 @@ TEST(StripeTest, RoundTripIsExactAndDequantizesAsTheGgufRow) {
   for (GgmlType type : kStripeTypes) {
     const QuantTraits& t = *FindQuantTraits(type);
     for (int64_t n_blocks : kBlockCounts) {
-      const int64_t cols = n_blocks * 32, rows = 2 * kStripeRows;
+      const int64_t cols = n_blocks * t.block_elems, rows = 2 * kStripeRows;
       const std::vector<uint8_t> gguf = QuantizedRows(type, rows, cols, 12);
       const std::vector<uint8_t> st = StripeAll(type, gguf, rows, n_blocks);
       const int64_t row_bytes = *RowBytes(t, cols);
@@ -398,7 +406,7 @@ TEST(StripeMatMulTest, SameBitsAsTheGgufLayoutOnEveryPath) {
   for (GgmlType type : kStripeTypes) {
     const QuantTraits& t = *FindQuantTraits(type);
     for (int64_t n_blocks : kBlockCounts) {
-      const int64_t cols = n_blocks * 32;
+      const int64_t cols = n_blocks * t.block_elems;
       const std::vector<uint8_t> gguf = QuantizedRows(type, kRows, cols, 6);
       const std::vector<uint8_t> st = StripeAll(type, gguf, kRows, n_blocks);
       const int64_t row_bytes = *RowBytes(t, cols);
@@ -436,7 +444,7 @@ TEST(StripeBackendTest, LoadWeightStripesWholeStripesOnVnniWithoutAmx) {
   const bool stripes_here = DetectCpuIsa() == CpuIsa::kAvx512Vnni;
   for (GgmlType type : kStripeTypes) {
     for (int64_t rows : {int64_t{32}, int64_t{24}}) {
-      const int64_t n_blocks = 9, cols = n_blocks * 32;
+      const int64_t n_blocks = 9, cols = n_blocks * FindQuantTraits(type)->block_elems;
       const std::vector<uint8_t> gguf = QuantizedRows(type, rows, cols, 22);
       const int64_t row_bytes = *RowBytes(*FindQuantTraits(type), cols);
       const QuantMatrix host{type, rows, cols, row_bytes, gguf.data()};
@@ -450,7 +458,7 @@ TEST(StripeBackendTest, LoadWeightStripesWholeStripesOnVnniWithoutAmx) {
         ASSERT_TRUE(wf.ok());
         const WeightLayout want =
             stripes_here && rows % 16 == 0 && env[0] == '1' ? WeightLayout::kStripes16
-            : VnniHere() && type != GgmlType::kQ8_0         ? WeightLayout::kInterleaved8
+            : VnniHere() && InterleaveSupported(type)       ? WeightLayout::kInterleaved8
                                                             : WeightLayout::kGguf;
         EXPECT_EQ((*wf)->matrix().layout, want) << rows << " rows, TESSERA_CPU_STRIPES=" << env;
         for (int64_t n : {1, 3, 8, 16, 20}) {
