@@ -53,7 +53,8 @@ ABSL_FLAG(int, ab_reps, 0,
 ABSL_FLAG(std::string, isa, "", "force scalar|avx2|avx512|avx512_vnni|amx (default: best)");
 ABSL_FLAG(std::string, layout, "all",
           "gguf|interleaved|stripes|all, or a comma-separated list: the weight layouts timed "
-          "for Q4_0/Q4_1 (Q8_0, Q4_K, Q6_K: gguf and stripes; kernels/quant/interleave.h; the "
+          "for Q4_0/Q4_1 (Q8_0 and the k-quants Q4_K, Q5_K, Q6_K: gguf and stripes; "
+          "kernels/quant/interleave.h; the "
           "CPU backend stores those striped where the ISA is avx512_vnni, Q4_0/Q4_1 "
           "interleaved where it "
           "is amx); rows of the interleaved layout are named Q4_0/il, of the striped one "

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes a synthetic GGUF of the Llama 3.2 1B shape with random Q4_0 (or Q4_K_M) weights.
+"""Writes a synthetic GGUF of the Llama 3.2 1B shape with random Q4_0 (Q4_K_M, Q5_K_M) weights.
 
 Used by bench/peer so that Tessera and llama.cpp can be timed on the same file of a
 llama3-1B shape without downloading one: n_embd 2048, 16 layers, 32 heads, 8 KV heads,
@@ -14,11 +14,12 @@ the output is nonsense but every byte is read exactly as with a real file.
 restated in sharding/recipes.cc): Q4_K throughout, Q6_K for the tied token embedding (it is
 also the output) and for attn_v and ffn_down in the layers where use_more_bits(i, n) = i < n/8
 || i >= 7n/8 || (i - n/8) % 3 == 2; the k-quant blocks are random bytes with fp16 scales set
-to a real model's order of magnitude.
+to a real model's order of magnitude. --quant Q5_K_M: the same with Q5_K in place of Q4_K
+(llama.cpp's Q5_K_M recipe).
 
 The file is cached: it is rewritten only when missing or written by another generator
 version. Prints the file's path as the last line.
-    bench/make_synthetic_gguf.py [--out PATH] [--layers N] [--quant Q4_0|Q4_K_M]
+    bench/make_synthetic_gguf.py [--out PATH] [--layers N] [--quant Q4_0|Q4_K_M|Q5_K_M]
 """
 import argparse
 import math
@@ -41,6 +42,7 @@ N_CTX = 131072
 Q4_0_BLOCK, Q4_0_BYTES = 32, 18  # elements and bytes per block: fp16 scale + 16 nibble bytes
 QK_K = 256  # elements per k-quant super-block
 Q4_K_BYTES = 144  # d, dmin (fp16), scales[12], qs[128]
+Q5_K_BYTES = 176  # d, dmin (fp16), scales[12], qh[32], qs[128]
 Q6_K_BYTES = 210  # ql[128], qh[64], scales[16] (int8), d (fp16)
 
 
@@ -148,6 +150,11 @@ def random_q4_k(rng, rows, cols):
     return random_k(rng, rows, cols, Q4_K_BYTES, [(0, 5e-5, 1.5e-4), (2, 5e-5, 1.5e-4)])
 
 
+def random_q5_k(rng, rows, cols):
+    # w = d * sc * q - dmin * m with sc, m < 64 and q < 32.
+    return random_k(rng, rows, cols, Q5_K_BYTES, [(0, 2.5e-5, 7.5e-5), (2, 2.5e-5, 7.5e-5)])
+
+
 def random_q6_k(rng, rows, cols):
     # w = d * sc * (q - 32) with sc an int8 and q < 64.
     return random_k(rng, rows, cols, Q6_K_BYTES, [(208, 5e-6, 1.5e-5)])
@@ -184,8 +191,9 @@ def write(path: pathlib.Path, layers: int, seed: int, quant: str) -> None:
     w.add_rope_freq_base(ROPE_BASE)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(N_VOCAB)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if quant == "Q4_0"
-                    else gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    w.add_file_type({"Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+                     "Q4_K_M": gguf.LlamaFileType.MOSTLY_Q4_K_M,
+                     "Q5_K_M": gguf.LlamaFileType.MOSTLY_Q5_K_M}[quant])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     tokens, types, merges, bos, eos = vocabulary()
@@ -203,13 +211,17 @@ def write(path: pathlib.Path, layers: int, seed: int, quant: str) -> None:
         def tensor(name, rows, cols, _more_bits=False):
             w.add_tensor(name, random_q4_0(rng, rows, cols), raw_dtype=Q.Q4_0)
     else:
+        five = quant == "Q5_K_M"
+
         def tensor(name, rows, cols, more_bits=False):
             if more_bits:
                 w.add_tensor(name, random_q6_k(rng, rows, cols), raw_dtype=Q.Q6_K)
+            elif five:
+                w.add_tensor(name, random_q5_k(rng, rows, cols), raw_dtype=Q.Q5_K)
             else:
                 w.add_tensor(name, random_q4_k(rng, rows, cols), raw_dtype=Q.Q4_K)
     ones = np.ones(N_EMBD, dtype=np.float32)
-    # Tied: the embedding is also the output, which the Q4_K_M recipe makes Q6_K.
+    # Tied: the embedding is also the output, which the K_M recipes make Q6_K.
     tensor("token_embd.weight", N_VOCAB, N_EMBD, True)
     w.add_tensor("rope_freqs.weight", rope_freq_factors())
     for i in range(layers):
@@ -239,7 +251,7 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=N_LAYERS, help="number of layers (default 16)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--force", action="store_true", help="rewrite even if a current file exists")
-    ap.add_argument("--quant", choices=["Q4_0", "Q4_K_M"], default="Q4_0",
+    ap.add_argument("--quant", choices=["Q4_0", "Q4_K_M", "Q5_K_M"], default="Q4_0",
                     help="weight types (default Q4_0)")
     args = ap.parse_args()
     if not 1 <= args.layers <= N_LAYERS:

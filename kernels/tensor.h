@@ -32,8 +32,8 @@ struct TensorView {
 //   kInterleaved8: the CPU backend's layout for Q4_0 and Q4_1 (kernels/quant/interleave.h):
 //     each run of eight blocks regrouped so that a 512-bit kernel decodes four blocks per
 //     load; the same bytes per row, so strides and row slices are unchanged.
-//   kStripes16: the CPU backend's layout for Q4_0, Q4_1, Q8_0, Q4_K and Q6_K on AVX-512 VNNI
-//     without AMX
+//   kStripes16: the CPU backend's layout for Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K on AVX-512
+//     VNNI without AMX
 //     (kernels/quant/interleave.h): each run of 16 rows regrouped block by block, so that a
 //     512-bit register holds one 4-element group of all 16 rows and the batch's activations
 //     multiply it by broadcast; rows come in whole stripes (rows a multiple of 16), the same

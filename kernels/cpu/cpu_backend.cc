@@ -149,12 +149,12 @@ bool InterleaveWanted(bool copy_weights) {
   return EnvEnables("TESSERA_CPU_INTERLEAVE", "Q4_0/Q4_1 weights are interleaved");
 }
 
-// Whether Q4_0/Q4_1/Q8_0/Q4_K/Q6_K matrices of whole stripes take the striped layout: on
+// Whether Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K matrices of whole stripes take the striped layout: on
 // AVX-512 VNNI without AMX (whose tiled prefill reads the interleaved and GGUF rows), unless
 // TESSERA_CPU_STRIPES=0.
 bool StripesWanted(bool interleave) {
   if (!interleave || DetectCpuIsa() != CpuIsa::kAvx512Vnni) return false;
-  return EnvEnables("TESSERA_CPU_STRIPES", "Q4_0/Q4_1/Q8_0/Q4_K/Q6_K weights are striped");
+  return EnvEnables("TESSERA_CPU_STRIPES", "Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K weights are striped");
 }
 
 // Whether the other weights are copied into huge pages: where the kernel offers them, unless
@@ -189,7 +189,7 @@ void CpuBackend::ParallelFor(int64_t n, int64_t granule, int64_t min_parallel,
 std::string CpuBackend::name() const {
   return absl::StrCat("cpu (", std::string(CpuIsaName(DetectCpuIsa())), ", ", pool_.size(),
                       " threads",
-                      stripes_      ? ", Q4_0/Q4_1/Q8_0/Q4_K/Q6_K striped"
+                      stripes_      ? ", Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K striped"
                       : interleave_ ? ", Q4_0/Q4_1 interleaved"
                                     : "",
                       huge_pages_ ? ", weights in 2 MiB pages" : "", ")");

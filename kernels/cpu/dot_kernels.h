@@ -83,8 +83,11 @@ using StripeRowsFn = void (*)(const uint8_t* w, int64_t row_bytes, int64_t row_b
                               int64_t row_end, int64_t n_blocks, const uint8_t* act,
                               int64_t act_stride, int64_t n_batch, float* y, int64_t y_stride);
 StripeRowsFn Avx512VnniStripeRows(GgmlType type);
-// The k-quant part of Avx512VnniStripeRows (Q4_K; stripes_kquant_avx512vnni.cc).
+// The k-quant part of Avx512VnniStripeRows (Q4_K, Q5_K, Q6_K; stripes_kquant_avx512vnni.cc).
 StripeRowsFn Avx512VnniKQuantStripeRows(GgmlType type);
+// interleave.h's UnstripeRows with AVX-512 (16 x 16 dword transposes), the same bytes.
+void UnstripeRowsAvx512(GgmlType type, const uint8_t* stripe, int64_t n_blocks, uint8_t* dst,
+                        int64_t dst_stride);
 // The k-quant halves of the tables above (their own files, to keep files short).
 RowDotFn ScalarKQuantRowDot(GgmlType type);
 RowDotFn Avx2KQuantRowDot(GgmlType type);

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 // GCC 12's 512-bit intrinsics pass an _mm512_undefined_*() operand as the unused merge source,
 // and -Wmaybe-uninitialized reports it at every inlined use; nothing here reads one.
@@ -178,6 +179,58 @@ void StripeRowsOf(const uint8_t* w, int64_t row_bytes, int64_t row_begin, int64_
 }
 
 }  // namespace
+
+void UnstripeRowsAvx512(GgmlType type, const uint8_t* stripe, int64_t n_blocks, uint8_t* dst,
+                        int64_t dst_stride) {
+  const StripeBlockLayout b = GetStripeBlockLayout(type);
+  const int64_t unit_bytes = int64_t{kStripeRows} * b.block_bytes;
+  const int fields_at = kStripeRows * 4 * b.code_pieces;
+  int chunk[64];
+  for (int c = 0; c < b.code_pieces; ++c) chunk[c] = StripeChunk(type, c);
+  for (int64_t k = 0; k < n_blocks; ++k) {
+    const uint8_t* unit = stripe + StripeSlot(k, n_blocks) * unit_bytes;
+    uint8_t* block = dst + k * b.block_bytes + b.code_start;
+    int c = 0;
+    // Sixteen chunks (pieces c .. c + 15 of the 16 rows) transposed: row i's 64 bytes.
+    for (; c + 16 <= b.code_pieces; c += 16) {
+      __m512i a[16], t[16];
+      for (int j = 0; j < 16; ++j) a[j] = _mm512_loadu_si512(unit + 64 * chunk[c + j]);
+      for (int j = 0; j < 16; j += 2) {
+        t[j] = _mm512_unpacklo_epi32(a[j], a[j + 1]);
+        t[j + 1] = _mm512_unpackhi_epi32(a[j], a[j + 1]);
+      }
+      for (int j = 0; j < 16; j += 4) {
+        a[j] = _mm512_unpacklo_epi64(t[j], t[j + 2]);
+        a[j + 1] = _mm512_unpackhi_epi64(t[j], t[j + 2]);
+        a[j + 2] = _mm512_unpacklo_epi64(t[j + 1], t[j + 3]);
+        a[j + 3] = _mm512_unpackhi_epi64(t[j + 1], t[j + 3]);
+      }
+      for (int j = 0; j < 16; j += 8) {
+        for (int x = 0; x < 4; ++x) {
+          t[j + x] = _mm512_shuffle_i32x4(a[j + x], a[j + x + 4], 0x88);
+          t[j + x + 4] = _mm512_shuffle_i32x4(a[j + x], a[j + x + 4], 0xdd);
+        }
+      }
+      for (int x = 0; x < 8; ++x) {
+        _mm512_storeu_si512(block + x * dst_stride + 4 * c,
+                            _mm512_shuffle_i32x4(t[x], t[x + 8], 0x88));
+        _mm512_storeu_si512(block + (x + 8) * dst_stride + 4 * c,
+                            _mm512_shuffle_i32x4(t[x], t[x + 8], 0xdd));
+      }
+    }
+    for (; c < b.code_pieces; ++c) {
+      for (int i = 0; i < kStripeRows; ++i) {
+        std::memcpy(block + i * dst_stride + 4 * c, unit + 64 * chunk[c] + 4 * i, 4);
+      }
+    }
+    uint8_t* fields = dst + k * b.block_bytes + b.field_start;
+    for (int f = 0; f < b.fields; ++f) {
+      for (int i = 0; i < kStripeRows; ++i) {
+        std::memcpy(fields + i * dst_stride + 2 * f, unit + fields_at + 32 * f + 2 * i, 2);
+      }
+    }
+  }
+}
 
 StripeRowsFn Avx512VnniStripeRows(GgmlType type) {
   switch (type) {

@@ -1,10 +1,12 @@
-// AVX-512 VNNI kernels for Q4_K and Q6_K weights in the striped layout
+// AVX-512 VNNI kernels for Q4_K, Q5_K and Q6_K weights in the striped layout
 // (kernels/quant/interleave.h): lane i of every vector is row i of a 16-row stripe, a unit is
 // one super-block column of the 16 rows. Q4_K's unit (2304 bytes): the packed scales as three
-// 64-byte chunks of dwords, the 128 code bytes as 32 chunks, then d[16] and dmin[16]; Q6_K's
-// below StripeSeqsQ6.
+// 64-byte chunks of dwords, the 128 code bytes as 32 chunks, then d[16] and dmin[16]; Q5_K's
+// (2816) has its qh bytes as 8 chunks between the scales and the codes; Q6_K's below
+// StripeSeqsQ6.
 //
-// Q4_K: per unit the three scale chunks unpack, for all 16 rows at once, into each
+// Q4_K (Q5_K: the same with each code's fifth bit or-ed in from qh): per unit the three scale
+// chunks unpack, for all 16 rows at once, into each
 // sub-block's 6-bit scale (an int32 per lane) and its mins as int16 pairs; each 4-byte code
 // chunk gives through two masks four elements of sub-block 2p (low nibbles) and four of 2p + 1
 // (high) for the 16 rows, which vpdpbusd multiplies by one sequence's four activation bytes
@@ -40,10 +42,25 @@
 namespace tessera {
 namespace {
 
-constexpr int kUnitBytes = kStripeRows * static_cast<int>(sizeof(BlockQ4_K));  // 2304
-constexpr int kCodeChunk0 = 3;                  // chunks 0..2: the scales' dwords
-constexpr int kDOffset = kStripeRows * 140;     // d[16]; dmin[16] 32 bytes on
-static_assert(kUnitBytes == 2304, "interleave.h sizes");
+// Q4_K and Q5_K units: chunks 0..2 the scales' dwords, Q5_K's qh bytes as chunks 3..10, the
+// qs bytes as 32 chunks from kCodeChunk0, then d[16] and, 32 bytes on, dmin[16].
+template <bool k5>
+struct UnitK {
+  static constexpr int kBytes =
+      kStripeRows * static_cast<int>(k5 ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K));
+  static constexpr int kQhChunk0 = 3;
+  static constexpr int kCodeChunk0 = k5 ? 11 : 3;
+  static constexpr int kDOffset = kStripeRows * (k5 ? 172 : 140);
+};
+static_assert(UnitK<false>::kBytes == 2304 && UnitK<true>::kBytes == 2816, "interleave.h sizes");
+
+// Bit b of each byte of v moved to bit 4 (the rest cleared).
+inline __m512i BitTo4(__m512i v, int b) {
+  const __m512i bit4 = _mm512_set1_epi8(0x10);
+  if (b < 4) return _mm512_and_si512(_mm512_slli_epi16(v, 4 - b), bit4);
+  if (b > 4) return _mm512_and_si512(_mm512_srli_epi16(v, b - 4), bit4);
+  return _mm512_and_si512(v, bit4);
+}
 
 // Sequences per pass over a stripe (their sums, the unit's codes of one pair of sub-blocks,
 // and the scales fit the 32 registers).
@@ -75,8 +92,10 @@ void StoreCombined(const float (&chains)[kSumChains][NB][16], int b, float* y) {
   _mm512_storeu_ps(y, sum);
 }
 
-// One Q4_K stripe against NB sequences: y[b * y_stride + i] for rows i < 16, b < NB.
-template <int NB>
+// One Q4_K (k5 false) or Q5_K stripe against NB sequences: y[b * y_stride + i] for rows
+// i < 16, b < NB. Q5_K's fifth bits: bit 2p of qh byte l is element 64 p + l's, bit 2p + 1
+// element 64 p + 32 + l's, and qh chunk c holds bytes l = 4 c .. 4 c + 3 of each row.
+template <bool k5, int NB>
 void StripeSeqs(const uint8_t* stripe, int64_t n_blocks, const SeqRow* seqs, float* y,
                 int64_t y_stride, bool prefetch) {
   alignas(64) float chains[kSumChains][NB][16];
@@ -85,9 +104,9 @@ void StripeSeqs(const uint8_t* stripe, int64_t n_blocks, const SeqRow* seqs, flo
   for (int c = 0; c < kSumChains; ++c) {
     __m512 acc[NB];
     for (int b = 0; b < NB; ++b) acc[b] = _mm512_setzero_ps();
-    for (int64_t k = c; k < n_blocks; k += kSumChains, unit += kUnitBytes) {
+    for (int64_t k = c; k < n_blocks; k += kSumChains, unit += UnitK<k5>::kBytes) {
       if (prefetch) {
-        for (int o = 0; o < kUnitBytes; o += 64) {
+        for (int o = 0; o < UnitK<k5>::kBytes; o += 64) {
           _mm_prefetch(reinterpret_cast<const char*>(unit + kPrefetchAhead + o), _MM_HINT_T1);
         }
       }
@@ -113,31 +132,46 @@ void StripeSeqs(const uint8_t* stripe, int64_t n_blocks, const SeqRow* seqs, flo
       };
       __m512i sumi[NB];
       for (int b = 0; b < NB; ++b) sumi[b] = _mm512_setzero_si512();
+      // Q5_K takes each sub-block pair's eight chunks in two parts of four, its fifth bits
+      // adding to the registers the codes need (the dots then carry over between the parts).
+      constexpr int kParts = k5 ? 2 : 1, kPer = 8 / kParts;
       for (int p = 0; p < 4; ++p) {
-        // Chunk 8 p + c of the codes: code bytes 32 p + 4 c .. + 3 of each row, whose low
-        // nibbles are elements 64 p + 4 c .. + 3 (sub-block 2 p) and high nibbles 64 p + 32 +
-        // 4 c .. + 3 (sub-block 2 p + 1).
-        __m512i lo[8], hi[8];
-        for (int c8 = 0; c8 < 8; ++c8) {
-          const __m512i z = _mm512_loadu_si512(unit + 64 * (kCodeChunk0 + 8 * p + c8));
-          lo[c8] = _mm512_and_si512(z, low4);
-          hi[c8] = _mm512_and_si512(_mm512_srli_epi16(z, 4), low4);
-        }
         const __m512i sc0 = Bytes(p < 2 ? sc_lo : sc_hi, 16 * (p % 2));
         const __m512i sc1 = Bytes(p < 2 ? sc_lo : sc_hi, 16 * (p % 2) + 8);
-        for (int b = 0; b < NB; ++b) {
-          const int8_t* q = seqs[b].blocks[k].qs + 64 * p;
-          __m512i d0 = _mm512_setzero_si512(), d1 = _mm512_setzero_si512();
-          for (int c8 = 0; c8 < 8; ++c8) {
-            d0 = Ops512::DotB(d0, lo[c8], q + 4 * c8);
-            d1 = Ops512::DotB(d1, hi[c8], q + 32 + 4 * c8);
+        __m512i d0[NB], d1[NB];
+        for (int b = 0; b < NB; ++b) d0[b] = d1[b] = _mm512_setzero_si512();
+        for (int part = 0; part < kParts; ++part) {
+          // Chunk 8 p + c of the codes: code bytes 32 p + 4 c .. + 3 of each row, whose low
+          // nibbles are elements 64 p + 4 c .. + 3 (sub-block 2 p) and high nibbles 64 p + 32 +
+          // 4 c .. + 3 (sub-block 2 p + 1).
+          __m512i lo[kPer], hi[kPer];
+          for (int i = 0; i < kPer; ++i) {
+            const int c8 = kPer * part + i;
+            const __m512i z =
+                _mm512_loadu_si512(unit + 64 * (UnitK<k5>::kCodeChunk0 + 8 * p + c8));
+            lo[i] = _mm512_and_si512(z, low4);
+            hi[i] = _mm512_and_si512(_mm512_srli_epi16(z, 4), low4);
+            if constexpr (k5) {
+              const __m512i qh = _mm512_loadu_si512(unit + 64 * (UnitK<k5>::kQhChunk0 + c8));
+              lo[i] = _mm512_or_si512(lo[i], BitTo4(qh, 2 * p));
+              hi[i] = _mm512_or_si512(hi[i], BitTo4(qh, 2 * p + 1));
+            }
           }
-          sumi[b] = _mm512_add_epi32(sumi[b], _mm512_add_epi32(_mm512_mullo_epi32(d0, sc0),
-                                                               _mm512_mullo_epi32(d1, sc1)));
+          for (int b = 0; b < NB; ++b) {
+            const int8_t* q = seqs[b].blocks[k].qs + 64 * p + 4 * kPer * part;
+            for (int i = 0; i < kPer; ++i) {
+              d0[b] = Ops512::DotB(d0[b], lo[i], q + 4 * i);
+              d1[b] = Ops512::DotB(d1[b], hi[i], q + 32 + 4 * i);
+            }
+          }
+        }
+        for (int b = 0; b < NB; ++b) {
+          sumi[b] = _mm512_add_epi32(sumi[b], _mm512_add_epi32(_mm512_mullo_epi32(d0[b], sc0),
+                                                               _mm512_mullo_epi32(d1[b], sc1)));
         }
       }
-      const __m512 dw = _mm512_cvtph_ps(Load256(unit + kDOffset));
-      const __m512 dmin = _mm512_cvtph_ps(Load256(unit + kDOffset + 32));
+      const __m512 dw = _mm512_cvtph_ps(Load256(unit + UnitK<k5>::kDOffset));
+      const __m512 dmin = _mm512_cvtph_ps(Load256(unit + UnitK<k5>::kDOffset + 32));
       for (int b = 0; b < NB; ++b) {
         const int32_t* pairs = seqs[b].sum_pairs + 4 * k;
         __m512i summ = _mm512_setzero_si512();
@@ -195,34 +229,43 @@ void StripeSeqsQ6(const uint8_t* stripe, int64_t n_blocks, const SeqRow* seqs, f
       for (int b = 0; b < NB; ++b) sumi[b] = _mm512_setzero_si512();
       for (int h = 0; h < 2; ++h) {
         for (int half = 0; half < 2; ++half) {
-          // Codes of chunk columns 4 half .. 4 half + 3, per s.
-          __m512i q[4][4];
+          // Codes of chunk columns 4 half .. 4 half + 3, two s at a time (s = 2 sp, 2 sp + 1:
+          // A and B's low nibbles, then their high ones), so that the codes, scales and the
+          // sequences' sums fit the registers.
           const uint8_t* group = unit + 64 * (kCodeChunk0Q6 + 12 * (2 * h + half));
-          for (int cc = 0; cc < 4; ++cc) {
-            const __m512i a = _mm512_loadu_si512(group + 64 * cc);
-            const __m512i b = _mm512_loadu_si512(group + 64 * (4 + cc));
-            const __m512i hb = _mm512_loadu_si512(group + 64 * (8 + cc));
-            q[0][cc] = _mm512_or_si512(_mm512_and_si512(a, low4),
-                                       _mm512_and_si512(_mm512_slli_epi16(hb, 4), top2));
-            q[1][cc] = _mm512_or_si512(_mm512_and_si512(b, low4),
-                                       _mm512_and_si512(_mm512_slli_epi16(hb, 2), top2));
-            q[2][cc] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(a, 4), low4),
-                                       _mm512_and_si512(hb, top2));
-            q[3][cc] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(b, 4), low4),
-                                       _mm512_and_si512(_mm512_srli_epi16(hb, 2), top2));
-          }
-          // sc_j for j = 8 h + 2 s + half: chunk j / 4, byte j % 4.
-          __m512i sc[4];
-          for (int s = 0; s < 4; ++s) {
-            const int j = 8 * h + 2 * s + half;
-            sc[s] = Int8Lane(_mm512_loadu_si512(unit + 64 * (kScaleChunk0 + j / 4)), j % 4);
-          }
-          for (int b = 0; b < NB; ++b) {
-            const int8_t* x = seqs[b].blocks[k].qs + 128 * h + 16 * half;
-            for (int s = 0; s < 4; ++s) {
-              __m512i d = _mm512_setzero_si512();
-              for (int cc = 0; cc < 4; ++cc) d = Ops512::DotB(d, q[s][cc], x + 32 * s + 4 * cc);
-              sumi[b] = _mm512_add_epi32(sumi[b], _mm512_mullo_epi32(d, sc[s]));
+          for (int sp = 0; sp < 2; ++sp) {
+            __m512i q[2][4];
+            for (int cc = 0; cc < 4; ++cc) {
+              const __m512i a = _mm512_loadu_si512(group + 64 * cc);
+              const __m512i b = _mm512_loadu_si512(group + 64 * (4 + cc));
+              const __m512i hb = _mm512_loadu_si512(group + 64 * (8 + cc));
+              if (sp == 0) {
+                q[0][cc] = _mm512_or_si512(_mm512_and_si512(a, low4),
+                                           _mm512_and_si512(_mm512_slli_epi16(hb, 4), top2));
+                q[1][cc] = _mm512_or_si512(_mm512_and_si512(b, low4),
+                                           _mm512_and_si512(_mm512_slli_epi16(hb, 2), top2));
+              } else {
+                q[0][cc] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(a, 4), low4),
+                                           _mm512_and_si512(hb, top2));
+                q[1][cc] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(b, 4), low4),
+                                           _mm512_and_si512(_mm512_srli_epi16(hb, 2), top2));
+              }
+            }
+            // sc_j for j = 8 h + 2 s + half: chunk j / 4, byte j % 4.
+            __m512i sc[2];
+            for (int i = 0; i < 2; ++i) {
+              const int j = 8 * h + 2 * (2 * sp + i) + half;
+              sc[i] = Int8Lane(_mm512_loadu_si512(unit + 64 * (kScaleChunk0 + j / 4)), j % 4);
+            }
+            for (int b = 0; b < NB; ++b) {
+              const int8_t* x = seqs[b].blocks[k].qs + 128 * h + 16 * half + 64 * sp;
+              for (int i = 0; i < 2; ++i) {
+                __m512i d = _mm512_setzero_si512();
+                for (int cc = 0; cc < 4; ++cc) {
+                  d = Ops512::DotB(d, q[i][cc], x + 32 * i + 4 * cc);
+                }
+                sumi[b] = _mm512_add_epi32(sumi[b], _mm512_mullo_epi32(d, sc[i]));
+              }
             }
           }
         }
@@ -257,15 +300,15 @@ void StripeSeqsQ6(const uint8_t* stripe, int64_t n_blocks, const SeqRow* seqs, f
 
 using StripeSeqsFn = void (*)(const uint8_t*, int64_t, const SeqRow*, float*, int64_t, bool);
 
-template <bool kQ6, int NB = kMaxSeqs>
+template <GgmlType kType, int NB = kMaxSeqs>
 StripeSeqsFn SelectSeqs(int nb) {
   if constexpr (NB > 1) {
-    if (nb < NB) return SelectSeqs<kQ6, NB - 1>(nb);
+    if (nb < NB) return SelectSeqs<kType, NB - 1>(nb);
   }
-  if constexpr (kQ6) {
+  if constexpr (kType == GgmlType::kQ6_K) {
     return StripeSeqsQ6<NB>;
   } else {
-    return StripeSeqs<NB>;
+    return StripeSeqs<kType == GgmlType::kQ5_K, NB>;
   }
 }
 
@@ -275,14 +318,15 @@ inline int32_t Pair(int32_t a, int32_t b) {
                               static_cast<uint32_t>(static_cast<uint16_t>(b)) << 16);
 }
 
-// StripeRowsFn (dot_kernels.h) for Q4_K (kQ6 false) or Q6_K.
-template <bool kQ6>
+// StripeRowsFn (dot_kernels.h) for Q4_K, Q5_K or Q6_K.
+template <GgmlType kType>
 void StripeRowsK(const uint8_t* w, int64_t row_bytes, int64_t row_begin, int64_t row_end,
                  int64_t n_blocks, const uint8_t* act, int64_t act_stride, int64_t n_batch,
                  float* y, int64_t y_stride) {
   // Each sequence's activation sums, paired as the kernels take them (once per call): Q4_K's
-  // per-32 sums s_j as (s0, s2), (s1, s3), (s4, s6), (s5, s7); Q6_K's per-16 bsums as
+  // and Q5_K's per-32 sums s_j as (s0, s2), (s1, s3), (s4, s6), (s5, s7); Q6_K's per-16 bsums as
   // (b_4m, b_4m+2), (b_4m+1, b_4m+3) for m = 0..3.
+  constexpr bool kQ6 = kType == GgmlType::kQ6_K;
   constexpr int kPairs = kQ6 ? 8 : 4;
   thread_local std::vector<int32_t> pairs;
   pairs.resize(static_cast<size_t>(n_batch * n_blocks * kPairs));
@@ -317,7 +361,7 @@ void StripeRowsK(const uint8_t* w, int64_t row_bytes, int64_t row_begin, int64_t
         seqs[b] = {reinterpret_cast<const ActBlock256*>(act + (b0 + b) * act_stride),
                    pairs.data() + (b0 + b) * n_blocks * kPairs};
       }
-      const StripeSeqsFn fn = SelectSeqs<kQ6>(nb);
+      const StripeSeqsFn fn = SelectSeqs<kType>(nb);
       for (int64_t r = g0; r < g1; r += kStripeRows) {
         fn(w + r * row_bytes, n_blocks, seqs, y + b0 * y_stride + r, y_stride,
            /*prefetch=*/b0 == 0 && (kQ6 || nb >= kPrefetchMinSeqs));
@@ -331,9 +375,11 @@ void StripeRowsK(const uint8_t* w, int64_t row_bytes, int64_t row_begin, int64_t
 StripeRowsFn Avx512VnniKQuantStripeRows(GgmlType type) {
   switch (type) {
     case GgmlType::kQ4_K:
-      return StripeRowsK<false>;
+      return StripeRowsK<GgmlType::kQ4_K>;
+    case GgmlType::kQ5_K:
+      return StripeRowsK<GgmlType::kQ5_K>;
     case GgmlType::kQ6_K:
-      return StripeRowsK<true>;
+      return StripeRowsK<GgmlType::kQ6_K>;
     default:
       return nullptr;
   }

@@ -9,9 +9,9 @@ namespace tessera {
 namespace {
 
 // Bytes of the scale fields at the start of a block (d, or d and m).
-// Bytes of a block's fp16 fields at its start (Q4_1: d, m; Q4_K: d, dmin).
+// Bytes of a block's fp16 fields at its start (Q4_1: d, m; Q4_K, Q5_K: d, dmin).
 int ScaleBytes(GgmlType type) {
-  return type == GgmlType::kQ4_1 || type == GgmlType::kQ4_K ? 4 : 2;
+  return type == GgmlType::kQ4_1 || type == GgmlType::kQ4_K || type == GgmlType::kQ5_K ? 4 : 2;
 }
 
 // One group of eight blocks (`blocks`, GGUF, block_bytes apart) <-> its interleaved form.
@@ -105,7 +105,7 @@ bool InterleaveSupported(GgmlType type) {
 
 bool StripeSupported(GgmlType type) {
   return InterleaveSupported(type) || type == GgmlType::kQ8_0 || type == GgmlType::kQ4_K ||
-         type == GgmlType::kQ6_K;
+         type == GgmlType::kQ5_K || type == GgmlType::kQ6_K;
 }
 
 int StripeCodeBytes(GgmlType type) {
@@ -118,6 +118,15 @@ void InterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t*
 
 void DeinterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* dst) {
   ConvertRow<false>(type, src, n_blocks, dst);
+}
+
+StripeBlockLayout GetStripeBlockLayout(GgmlType type) {
+  const int block_bytes = static_cast<int>(FindQuantTraits(type)->block_bytes);
+  const int scale_bytes = ScaleBytes(type);
+  const int code_bytes = block_bytes - scale_bytes;
+  const bool fields_last = type == GgmlType::kQ6_K;
+  return {block_bytes, fields_last ? 0 : scale_bytes, code_bytes / 4,
+          fields_last ? code_bytes : 0, scale_bytes / 2};
 }
 
 int StripeChunk(GgmlType type, int c) {
@@ -143,27 +152,24 @@ int64_t StripeSlot(int64_t k, int64_t n_blocks) {
 
 namespace {
 
-// Where row i's bytes go in a stripe: fn(stripe_offset, row_offset, bytes) for each piece of
-// each block k of the row: code bytes 4 c .. 4 c + 3 to 64 c + 4 i of k's unit, the fp16
-// field f (d = 0, m or dmin = 1) to StripeCodeBytes + 32 f + 2 i. Every supported block is its
-// fp16 field(s), then its codes (Q4_K's packed scales count as codes), except Q6_K: its codes
-// and int8 scales, then d.
+// Where a row's bytes go in a stripe: fn(stripe_offset, row_offset, bytes) for each piece of
+// each block k of the row, stripe_offset being row 0's (row i's is bytes * i further on): code
+// bytes 4 c .. 4 c + 3 to 64 StripeChunk(c) + 4 i of k's unit, the fp16 field f (d = 0, m or
+// dmin = 1) to StripeCodeBytes + 32 f + 2 i. Every supported block is its fp16 field(s), then
+// its codes (the k-quants' packed scales and qh count as codes), except Q6_K: its codes and
+// int8 scales, then d.
 template <typename Fn>
-void ForEachStripePiece(GgmlType type, int64_t n_blocks, int i, Fn fn) {
-  const int block_bytes = static_cast<int>(FindQuantTraits(type)->block_bytes);
-  const int scale_bytes = ScaleBytes(type);
-  const int code_bytes = block_bytes - scale_bytes;
-  const bool fields_last = type == GgmlType::kQ6_K;
-  const int code_start = fields_last ? 0 : scale_bytes, field_start = fields_last ? code_bytes : 0;
-  const int64_t unit_bytes = int64_t{kStripeRows} * block_bytes;
+void ForEachStripePiece(GgmlType type, int64_t n_blocks, Fn fn) {
+  const StripeBlockLayout b = GetStripeBlockLayout(type);
+  const int64_t unit_bytes = int64_t{kStripeRows} * b.block_bytes;
   for (int64_t k = 0; k < n_blocks; ++k) {
     const int64_t unit = StripeSlot(k, n_blocks) * unit_bytes;
-    const int64_t block = k * block_bytes;
-    for (int c = 0; c < code_bytes / 4; ++c) {
-      fn(unit + 64 * StripeChunk(type, c) + 4 * i, block + code_start + 4 * c, 4);
+    const int64_t block = k * b.block_bytes;
+    for (int c = 0; c < b.code_pieces; ++c) {
+      fn(unit + 64 * StripeChunk(type, c), block + b.code_start + 4 * c, 4);
     }
-    for (int f = 0; f < scale_bytes / 2; ++f) {
-      fn(unit + kStripeRows * code_bytes + 32 * f + 2 * i, block + field_start + 2 * f, 2);
+    for (int f = 0; f < b.fields; ++f) {
+      fn(unit + kStripeRows * 4 * b.code_pieces + 32 * f, block + b.field_start + 2 * f, 2);
     }
   }
 }
@@ -172,17 +178,31 @@ void ForEachStripePiece(GgmlType type, int64_t n_blocks, int i, Fn fn) {
 
 void StripeRows(GgmlType type, const uint8_t* src, int64_t src_stride, int64_t n_blocks,
                 uint8_t* dst) {
-  for (int i = 0; i < kStripeRows; ++i) {
-    const uint8_t* row = src + i * src_stride;
-    ForEachStripePiece(type, n_blocks, i, [&](int64_t at, int64_t from, int n) {
-      std::memcpy(dst + at, row + from, static_cast<size_t>(n));
-    });
-  }
+  ForEachStripePiece(type, n_blocks, [&](int64_t at, int64_t from, int n) {
+    for (int i = 0; i < kStripeRows; ++i) {
+      std::memcpy(dst + at + n * i, src + i * src_stride + from, static_cast<size_t>(n));
+    }
+  });
 }
 
 void UnstripeRow(GgmlType type, const uint8_t* stripe, int64_t n_blocks, int i, uint8_t* dst) {
-  ForEachStripePiece(type, n_blocks, i, [&](int64_t from, int64_t at, int n) {
-    std::memcpy(dst + at, stripe + from, static_cast<size_t>(n));
+  ForEachStripePiece(type, n_blocks, [&](int64_t from, int64_t at, int n) {
+    std::memcpy(dst + at, stripe + from + n * i, static_cast<size_t>(n));
+  });
+}
+
+void UnstripeRows(GgmlType type, const uint8_t* stripe, int64_t n_blocks, uint8_t* dst,
+                  int64_t dst_stride) {
+  // Fixed-size copies (4-byte code pieces, 2-byte fields), which compile to moves: the tiled
+  // kernels' path for striped weights converts every row of a large batch's matrices.
+  ForEachStripePiece(type, n_blocks, [&](int64_t from, int64_t at, int n) {
+    const uint8_t* src = stripe + from;
+    uint8_t* out = dst + at;
+    if (n == 4) {
+      for (int i = 0; i < kStripeRows; ++i) std::memcpy(out + i * dst_stride, src + 4 * i, 4);
+    } else {
+      for (int i = 0; i < kStripeRows; ++i) std::memcpy(out + i * dst_stride, src + 2 * i, 2);
+    }
   });
 }
 

@@ -49,7 +49,7 @@ bool InterleaveSupported(GgmlType type);
 void InterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* dst);
 void DeinterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* dst);
 
-// The striped layout of Q4_0, Q4_1, Q8_0, Q4_K and Q6_K (WeightLayout::kStripes16).
+// The striped layout of Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K (WeightLayout::kStripes16).
 //
 // The interleaved layout still leaves a kernel to reduce each block's products across lanes,
 // and at small batches (decode of 2-16 sequences) the tiled GEMM spends half of its time
@@ -80,15 +80,29 @@ void DeinterleaveRow(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_
 // The k-quants follow the same scheme with a 256-element super-block per unit. Q4_K (2304
 // bytes): its 140 bytes after d and dmin (the 12 packed scale bytes, then qs) as 35 chunks in
 // block order, then d[16] and dmin[16]; a kernel unpacks the 16 rows' scales from chunks 0..2
-// and reads 4-element groups from the code chunks as for Q4_0. Q6_K (3360 bytes): its 208
+// and reads 4-element groups from the code chunks as for Q4_0. Q5_K (2816 bytes) likewise, its
+// 172 bytes after d and dmin being the scales, qh and qs. Q6_K (3360 bytes): its 208
 // bytes before d (ql, qh, the int8 scales) as 52 chunks in the order StripeChunk gives, then
 // d[16].
 
-// Whether `type` has the striped layout (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K).
+// Whether `type` has the striped layout (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K).
 bool StripeSupported(GgmlType type);
 
 // Bytes of a unit's codes (16 Q); d[16] follows, then m[16].
 int StripeCodeBytes(GgmlType type);
+
+// Where a supported type's block bytes go in a unit: code pieces c < code_pieces (bytes
+// code_start + 4 c .. + 3 of the block) to chunk StripeChunk(type, c), row i's at 4 i in it;
+// fp16 fields f < fields (bytes field_start + 2 f, + 1) to 16 * 4 * code_pieces + 32 f, row i's
+// at 2 i.
+struct StripeBlockLayout {
+  int block_bytes;
+  int code_start;
+  int code_pieces;
+  int field_start;
+  int fields;
+};
+StripeBlockLayout GetStripeBlockLayout(GgmlType type);
 
 // The 64-byte chunk of a unit that holds code bytes 4 c .. 4 c + 3 of each row's block: c for
 // every type but Q6_K, whose chunks are in the order its kernel reads them (scales, then per
@@ -104,6 +118,10 @@ int64_t StripeSlot(int64_t k, int64_t n_blocks);
 void StripeRows(GgmlType type, const uint8_t* src, int64_t src_stride, int64_t n_blocks,
                 uint8_t* dst);
 void UnstripeRow(GgmlType type, const uint8_t* stripe, int64_t n_blocks, int i, uint8_t* dst);
+// All kStripeRows rows of the stripe back to GGUF (row i at dst + i * dst_stride), reading the
+// stripe once.
+void UnstripeRows(GgmlType type, const uint8_t* stripe, int64_t n_blocks, uint8_t* dst,
+                  int64_t dst_stride);
 
 // Row r of m in the GGUF layout (its row bytes), whatever m's layout.
 void ReadGgufRow(const QuantMatrix& m, int64_t r, uint8_t* dst);

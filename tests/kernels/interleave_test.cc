@@ -321,7 +321,7 @@ TEST(InterleaveBackendTest, EngineLogitsAreTheSameBits) {
 // --- The striped layout.
 
 constexpr GgmlType kStripeTypes[] = {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ8_0,
-                                     GgmlType::kQ4_K, GgmlType::kQ6_K};
+                                     GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K};
 
 std::vector<uint8_t> StripeAll(GgmlType type, const std::vector<uint8_t>& gguf, int64_t rows,
                                int64_t n_blocks) {
@@ -347,7 +347,8 @@ TEST(StripeTest, UnitsFollowTheDocumentedLayoutInChainOrder) {
     const QuantTraits& t = *FindQuantTraits(type);
     // The fp16 fields at the block's start: d (Q4_1: and m; Q4_K: and dmin); the rest,
     // Q4_K's packed scales included, is code chunks. Q6_K: codes and scales, then d.
-    const bool two_fields = type == GgmlType::kQ4_1 || type == GgmlType::kQ4_K;
+    const bool two_fields =
+        type == GgmlType::kQ4_1 || type == GgmlType::kQ4_K || type == GgmlType::kQ5_K;
     const bool fields_last = type == GgmlType::kQ6_K;
     const int scale_bytes = two_fields ? 4 : 2;
     const int code_bytes = static_cast<int>(t.block_bytes) - scale_bytes;  // 16 .. 208
