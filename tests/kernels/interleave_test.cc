@@ -7,6 +7,7 @@
 // with and without a tail.
 #include "kernels/quant/interleave.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstdint>
@@ -18,6 +19,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/dot_kernels.h"
 #include "kernels/cpu/huge_pages.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/quant/q4.h"
@@ -402,6 +404,33 @@ TEST(StripeTest, RoundTripIsExactAndDequantizesAsTheGgufRow) {
   }
 }
 
+TEST(StripeTest, WholeStripeConversionsGiveTheGgufRows) {
+  for (GgmlType type : kStripeTypes) {
+    const QuantTraits& t = *FindQuantTraits(type);
+    for (int64_t n_blocks : {int64_t{1}, int64_t{9}, int64_t{22}}) {
+      const int64_t cols = n_blocks * t.block_elems;
+      const std::vector<uint8_t> gguf = QuantizedRows(type, kStripeRows, cols, 31);
+      const std::vector<uint8_t> st = StripeAll(type, gguf, kStripeRows, n_blocks);
+      const int64_t row_bytes = *RowBytes(t, cols), stride = row_bytes + 7;  // rows apart
+      std::vector<uint8_t> back(static_cast<size_t>(kStripeRows * stride));
+      auto expect_rows = [&](const char* what) {
+        for (int i = 0; i < kStripeRows; ++i) {
+          EXPECT_EQ(0, std::memcmp(back.data() + i * stride, gguf.data() + i * row_bytes,
+                                   static_cast<size_t>(row_bytes)))
+              << what << " " << t.name << " " << n_blocks << " blocks, row " << i;
+        }
+      };
+      UnstripeRows(type, st.data(), n_blocks, back.data(), stride);
+      expect_rows("UnstripeRows");
+      if (CpuIsaAvailable(CpuIsa::kAvx512Vnni)) {  // compiled with the VNNI file's flags
+        std::fill(back.begin(), back.end(), uint8_t{0});
+        UnstripeRowsAvx512(type, st.data(), n_blocks, back.data(), stride);
+        expect_rows("UnstripeRowsAvx512");
+      }
+    }
+  }
+}
+
 TEST(StripeMatMulTest, SameBitsAsTheGgufLayoutOnEveryPath) {
   constexpr int64_t kRows = 3 * kStripeRows;
   for (GgmlType type : kStripeTypes) {
@@ -413,8 +442,9 @@ TEST(StripeMatMulTest, SameBitsAsTheGgufLayoutOnEveryPath) {
       const int64_t row_bytes = *RowBytes(t, cols);
       const QuantMatrix wg{type, kRows, cols, row_bytes, gguf.data()};
       const QuantMatrix ws{type, kRows, cols, row_bytes, st.data(), WeightLayout::kStripes16};
-      ExpectSameBitsAsGguf(wg, ws, Activations(33, cols, 10),
-                           {1, 2, 3, 4, 5, 8, 9, 12, 16, 17, 33}, {1, kNoGemm});
+      // 50 sequences: striped Q6_K takes the tiled kernel on converted rows from 49 on.
+      ExpectSameBitsAsGguf(wg, ws, Activations(50, cols, 10),
+                           {1, 2, 3, 4, 5, 8, 9, 12, 16, 17, 33, 50}, {1, kNoGemm});
     }
   }
 }
