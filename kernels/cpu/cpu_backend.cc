@@ -511,12 +511,12 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
         const int kvh_next = static_cast<int>((pair + n) % n_heads) / group;
         const std::vector<int32_t>& table_next = batch.block_table[batch.seq_of_token[t_next]];
         const int rows = std::min(batch.position[t_next] + 1, kGroupsAhead * 16);
-        const int row_bytes = hd * (f16 ? 2 : 4);
+        const int64_t row_bytes = hd * KvTypeBytes(L.type);
         for (int p = 0; p < rows; ++p) {
           const int64_t s = int64_t{table_next[p / L.block_tokens]} * L.block_tokens +
                             p % L.block_tokens;
           const uint8_t* row = KvRow(layer, 0, s, kvh_next);
-          for (int o = 0; o < row_bytes; o += 64) __builtin_prefetch(row + o, 0, 2);
+          for (int64_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(row + o, 0, 2);
         }
       }
       scores.resize(static_cast<size_t>(ctx) * n);

@@ -31,8 +31,6 @@ constexpr int64_t kTileWeightBytes = 16 * 1024;
 // tiled one on rows converted from stripes 195 at 32 and 246-251 at 128. (Striped Q4_K and
 // Q5_K keep their kernels: 250-315 GFLOP/s at every batch, as fast as the tiled one.)
 constexpr int64_t kStripeKMaxBatch = 48;
-// Rows of striped weights converted to GGUF per call of the tiled kernel (above that batch).
-constexpr int64_t kStripeTileRows = 256;
 
 // Kernel for `type` on `isa`, falling back to the next lower instruction set.
 RowDotFn FindRowDot(GgmlType type, CpuIsa isa) {
@@ -180,7 +178,7 @@ struct ProductPlan {
   // The kernels read GGUF rows but w is interleaved or striped (below AVX-512 VNNI): they run
   // on GGUF copies of each tile of rows.
   bool to_gguf;
-  bool avx512;  // the ISA has AVX-512 (for the conversion of striped rows)
+  bool vnni;  // the ISA is AVX-512 VNNI or AMX: UnstripeRowsAvx512 may run
   int64_t gguf_row_bytes;
   const uint8_t* act;  // x in the product's activation format
   int64_t act_stride;
@@ -287,27 +285,21 @@ void RunRows(const ProductPlan& p, int64_t begin, int64_t end, int64_t n_batch) 
     return;
   }
   // Tiles of rows converted to GGUF in a cached buffer, then run as GGUF rows 0.. of it. The
-  // tiled path takes whole output groups of GemmRowsOf (16 rows), striped weights whole
-  // stripes, kStripeTileRows at a time (each 16-row call of the tiled kernel would pass over
-  // all the batch's activation panels for 16 rows' outputs).
-  const bool striped = w.layout == WeightLayout::kStripes16;
-  const int64_t tile = p.gemm == nullptr ? p.tile_rows : striped ? kStripeTileRows : 16;
+  // tiled path takes 16 rows at a time (whole output groups of GemmRowsOf); striped weights
+  // give them as one whole stripe (ranges and chunks are cut at multiples of 16).
+  const int64_t tile = p.gemm != nullptr ? 16 : p.tile_rows;
+  const bool whole_stripes = w.layout == WeightLayout::kStripes16 && p.gemm != nullptr;
   thread_local std::vector<uint8_t> rows;
   rows.resize(static_cast<size_t>(tile * p.gguf_row_bytes));
   for (int64_t r0 = begin; r0 < end; r0 += tile) {
     const int64_t n = std::min(end - r0, tile);
-    if (striped && p.gemm != nullptr) {
-      // r0 starts a stripe (ranges and chunks are cut at multiples of 16), n is whole stripes.
-      for (int64_t s = 0; s < n; s += kStripeRows) {
-        (p.avx512 ? UnstripeRowsAvx512 : UnstripeRows)(
-            w.type, w.row(r0 + s), p.n_blocks, rows.data() + s * p.gguf_row_bytes,
-            p.gguf_row_bytes);
+    if (whole_stripes) {
+      (p.vnni ? UnstripeRowsAvx512 : UnstripeRows)(w.type, w.row(r0), p.n_blocks, rows.data(),
+                                                   p.gguf_row_bytes);
+    } else {
+      for (int64_t r = 0; r < n; ++r) {
+        ReadGgufRow(w, r0 + r, rows.data() + r * p.gguf_row_bytes);
       }
-      RunRowsOf(p, rows.data(), p.gguf_row_bytes, 0, n, n_batch, p.y + r0);
-      continue;
-    }
-    for (int64_t r = 0; r < n; ++r) {
-      ReadGgufRow(w, r0 + r, rows.data() + r * p.gguf_row_bytes);
     }
     RunRowsOf(p, rows.data(), p.gguf_row_bytes, 0, n, n_batch, p.y + r0);
   }
@@ -395,7 +387,7 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
                                            : Avx512VnniInterleavedGemmRows(w.type);
     }
     p.to_gguf = (interleaved && !vnni) || (striped && p.stripes == nullptr);
-    p.avx512 = vnni;
+    p.vnni = vnni;
     p.gguf_row_bytes = *RowBytes(*traits, cols);
     p.act_stride = ActRowBytes(format, cols);
     p.act = reinterpret_cast<const uint8_t*>(x);

@@ -8,7 +8,6 @@
 namespace tessera {
 namespace {
 
-// Bytes of the scale fields at the start of a block (d, or d and m).
 // Bytes of a block's fp16 fields at its start (Q4_1: d, m; Q4_K, Q5_K: d, dmin).
 int ScaleBytes(GgmlType type) {
   return type == GgmlType::kQ4_1 || type == GgmlType::kQ4_K || type == GgmlType::kQ5_K ? 4 : 2;
