@@ -1,8 +1,11 @@
 // tessera bench: prefill and decode tokens/s of the engine, beside the decode roofline
 // (measured memory bandwidth / bytes read per decode step).
 //
-// --backend cpu (default): one batch size (--batch), bandwidth = a streaming read over 1 GiB
-// (in 2 MiB pages where the kernel offers them, like the backend's copies of the weights).
+// --backend cpu (default): one batch size (--batch), bandwidth = a streaming read over 256 MiB
+// (in 2 MiB pages where the kernel offers them, like the backend's copies of the weights) on the
+// backend's threads, measured before the decode steps and again after every quarter second of
+// them: on a shared machine the bandwidth moves by tens of percent within seconds, so each
+// stretch of decode is held against the bandwidth measured on either side of it.
 // --backend cuda[:N]: every batch of --batches (default 1,8,32,64) with prefill of -p tokens
 // (default 512) per sequence, bandwidth = a large device-to-device copy measured in the same run
 // (bytes read + written per second).
@@ -39,16 +42,26 @@ struct BenchOptions {
 
 struct BenchFigures {
   double prefill_tps = 0, decode_tps = 0, roofline_tps = 0, weight_bytes = 0;
+  // The bandwidth the roofline used: bytes over the decode's ideal time (the probes' mean,
+  // weighted as the decode's bytes were), and the lowest and highest probe.
+  double bandwidth = 0, bandwidth_min = 0, bandwidth_max = 0;
+  int probes = 0;
   KvType kv_type = KvType::kF32;
 };
 
+// Seconds of decode steps between two bandwidth probes.
+constexpr double kProbeInterval = 0.25;
+
 // Prefill of `batch` prompts (each its own step) then `tokens` greedy decode steps of all of
-// them, on `backend`; the roofline divides `bandwidth` by the bytes read per decode step.
-// `while_loaded`, if given, runs after the decode steps while the engine (its weights and KV
-// cache) still exists.
+// them, on `backend`. `bandwidth_now` measures the bandwidth (bytes per second): it is called
+// before the decode steps and after every kProbeInterval seconds of them, and the roofline is
+// the decode's bytes over its ideal time, each stretch's bytes at the mean of the two
+// measurements around it. `while_loaded`, if given, runs after the decode steps while the
+// engine (its weights and KV cache) still exists.
 absl::StatusOr<BenchFigures> Measure(const WeightSource& weights, Backend* backend,
                                      int64_t batch, int64_t prompt, int64_t tokens,
-                                     std::optional<KvType> kv_type, double bandwidth,
+                                     std::optional<KvType> kv_type,
+                                     const std::function<double()>& bandwidth_now,
                                      const std::function<void()>& while_loaded = nullptr);
 
 double Seconds(std::chrono::steady_clock::time_point since) {
@@ -81,22 +94,21 @@ absl::Status RunBench(const BenchOptions& o) {
   const ModelConfig& c = weights->config();
   if (o.backend != "cpu") return RunCudaBench(o, *weights);
   const std::optional<KvType> kv_type = *ParseKvType(o.kv_type);
-  double bandwidth = 0;
-  {
-    // Its own pool, gone before the engine's threads start.
-    ThreadPool bw_pool(static_cast<int>(o.threads));
-    bandwidth = MeasureReadBandwidth(&bw_pool);
-  }
   CpuBackend backend(static_cast<int>(o.threads));
+  // On the backend's own threads: a second pool would compete with its spinning workers.
+  ReadBandwidthProbe probe(backend.pool(), int64_t{256} << 20);
   const int64_t prompt = o.prompt > 0 ? o.prompt : 128;
-  TESSERA_ASSIGN_OR_RETURN(
-      BenchFigures f, Measure(*weights, &backend, o.batch, prompt, o.tokens, kv_type, bandwidth));
+  TESSERA_ASSIGN_OR_RETURN(BenchFigures f,
+                           Measure(*weights, &backend, o.batch, prompt, o.tokens, kv_type,
+                                   [&] { return probe.Measure(3); }));
   std::printf("model            %s\n", weights->description().c_str());
   std::printf("backend          %s\n", backend.name().c_str());
   std::printf("shape            %lld layers, n_embd %lld, weights streamed per step %.1f MiB\n",
               static_cast<long long>(c.n_layers), static_cast<long long>(c.n_embd),
               f.weight_bytes / (1 << 20));
-  std::printf("read bandwidth   %.2f GB/s (measured, %lld threads%s)\n", bandwidth / 1e9,
+  std::printf("read bandwidth   %.2f GB/s (measured %d times during decode: %.2f-%.2f; %lld "
+              "threads%s)\n",
+              f.bandwidth / 1e9, f.probes, f.bandwidth_min / 1e9, f.bandwidth_max / 1e9,
               static_cast<long long>(o.threads),
               TransparentHugePagesAvailable() ? ", 2 MiB pages" : "");
   std::printf("kv cache         %s\n", KvTypeName(f.kv_type));
@@ -111,7 +123,8 @@ absl::Status RunBench(const BenchOptions& o) {
 
 absl::StatusOr<BenchFigures> Measure(const WeightSource& weights, Backend* backend,
                                      int64_t batch, int64_t prompt, int64_t tokens,
-                                     std::optional<KvType> kv_type, double bandwidth,
+                                     std::optional<KvType> kv_type,
+                                     const std::function<double()>& bandwidth_now,
                                      const std::function<void()>& while_loaded) {
   const ModelConfig& c = weights.config();
   if (prompt + tokens > c.n_ctx) {
@@ -143,32 +156,49 @@ absl::StatusOr<BenchFigures> Measure(const WeightSource& weights, Backend* backe
   }
   const double prefill_s = Seconds(start);
 
-  // Decode: every step advances all sequences by one token (Step returns host logits, so each
-  // step's time includes the device finishing it).
-  std::vector<StepInput> step(static_cast<size_t>(batch));
-  for (int64_t b = 0; b < batch; ++b) step[b] = {static_cast<SeqId>(b), {token(rng)}, true};
-  start = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < tokens; ++i) {
-    TESSERA_RETURN_IF_ERROR(engine->Step(step, &logits));
-    for (int64_t b = 0; b < batch; ++b) {
-      step[b].tokens[0] = static_cast<int32_t>(
-          std::max_element(logits.begin() + b * c.n_vocab, logits.begin() + (b + 1) * c.n_vocab) -
-          (logits.begin() + b * c.n_vocab));
-    }
-  }
-  const double decode_s = Seconds(start);
-  if (while_loaded) while_loaded();
-
-  // Bytes read per decode step: every weight once, plus each sequence's K and V so far
-  // (in the cache's type, at the average context of the run).
   BenchFigures f;
   f.weight_bytes = static_cast<double>(engine->model().weight_bytes());
   f.kv_type = engine->model().kv_type();
-  const double avg_ctx = prompt + tokens / 2.0;
-  const double kv_bytes =
-      batch * avg_ctx * 2.0 * c.n_layers * c.kv_dim() *
-      static_cast<double>(KvTypeBytes(f.kv_type));
-  f.roofline_tps = batch * bandwidth / (f.weight_bytes + kv_bytes);
+  // K and V bytes of one position of one sequence, all layers, in the cache's type.
+  const double kv_bytes_per_pos =
+      2.0 * c.n_layers * c.kv_dim() * static_cast<double>(KvTypeBytes(f.kv_type));
+
+  // Decode: every step advances all sequences by one token (Step returns host logits, so each
+  // step's time includes the device finishing it). Bytes read per step: every weight once, plus
+  // each sequence's K and V up to the new token.
+  std::vector<StepInput> step(static_cast<size_t>(batch));
+  for (int64_t b = 0; b < batch; ++b) step[b] = {static_cast<SeqId>(b), {token(rng)}, true};
+  double decode_s = 0, ideal_s = 0, bytes = 0;
+  double bw_before = bandwidth_now();
+  f.bandwidth_min = f.bandwidth_max = bw_before;
+  f.probes = 1;
+  for (int64_t i = 0; i < tokens;) {
+    start = std::chrono::steady_clock::now();
+    double stretch_bytes = 0;
+    do {
+      TESSERA_RETURN_IF_ERROR(engine->Step(step, &logits));
+      for (int64_t b = 0; b < batch; ++b) {
+        step[b].tokens[0] = static_cast<int32_t>(
+            std::max_element(logits.begin() + b * c.n_vocab,
+                             logits.begin() + (b + 1) * c.n_vocab) -
+            (logits.begin() + b * c.n_vocab));
+      }
+      stretch_bytes += f.weight_bytes + batch * (prompt + i + 1) * kv_bytes_per_pos;
+      ++i;
+    } while (i < tokens && Seconds(start) < kProbeInterval);
+    decode_s += Seconds(start);
+    const double bw_after = bandwidth_now();
+    f.bandwidth_min = std::min(f.bandwidth_min, bw_after);
+    f.bandwidth_max = std::max(f.bandwidth_max, bw_after);
+    ++f.probes;
+    ideal_s += stretch_bytes / (0.5 * (bw_before + bw_after));
+    bytes += stretch_bytes;
+    bw_before = bw_after;
+  }
+  if (while_loaded) while_loaded();
+
+  f.bandwidth = bytes / ideal_s;
+  f.roofline_tps = batch * tokens / ideal_s;
   f.decode_tps = batch * tokens / decode_s;
   f.prefill_tps = batch * prompt / prefill_s;
   return f;
@@ -210,7 +240,7 @@ absl::Status RunCudaBench(const BenchOptions& o, const WeightSource& weights) {
     // A fresh engine per batch size (its KV cache sized for it; weights uploaded again).
     TESSERA_ASSIGN_OR_RETURN(
         BenchFigures f, Measure(weights, backend.get(), batch, prompt, o.tokens, kv_type,
-                                bandwidth, [&] {
+                                [&] { return bandwidth; }, [&] {
                                   if (absl::StatusOr<VramUsage> v = backend->Vram(); v.ok()) {
                                     vram = *v;
                                   }

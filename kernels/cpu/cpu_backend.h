@@ -38,6 +38,9 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(int n_threads, bool exact_matmul = false, bool copy_weights = true);
   std::string name() const override;
   int n_threads() const { return pool_.size(); }
+  // The backend's threads, for work between steps that should run on them rather than beside
+  // them (tessera bench's bandwidth probes; a second pool would compete with the spinning one).
+  ThreadPool* pool() { return &pool_; }
 
   absl::StatusOr<std::unique_ptr<Weight>> LoadWeight(const QuantMatrix& host) override;
   absl::StatusOr<std::unique_ptr<DeviceBuffer>> Allocate(int64_t n_floats) override;

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/huge_pages.h"
@@ -27,39 +28,44 @@ uint64_t SumRange(const uint64_t* p, int64_t n) {
 
 }  // namespace
 
-double MeasureReadBandwidth(ThreadPool* pool, int64_t buffer_bytes, int repeats) {
-  const int64_t n = buffer_bytes / 8;
+ReadBandwidthProbe::ReadBandwidthProbe(ThreadPool* pool, int64_t buffer_bytes)
+    : pool_(pool), n_(buffer_bytes / 8) {
   // 2 MiB pages (huge_pages.h): what the backend's weight copies live in. Without them the
   // probe would also time the page walks of 4 KiB pages and understate the machine.
-  absl::StatusOr<std::shared_ptr<HugePageMapping>> mapping = HugePageMapping::Create(n * 8);
-  std::unique_ptr<uint64_t[]> fallback;
-  uint64_t* buf = nullptr;
+  absl::StatusOr<std::shared_ptr<HugePageMapping>> mapping = HugePageMapping::Create(n_ * 8);
   if (mapping.ok()) {
-    buf = reinterpret_cast<uint64_t*>((*mapping)->data());
+    mapping_ = *std::move(mapping);
+    buf_ = reinterpret_cast<uint64_t*>(mapping_->data());
   } else {
-    fallback.reset(new uint64_t[static_cast<size_t>(n)]);
-    buf = fallback.get();
+    fallback_.reset(new uint64_t[static_cast<size_t>(n_)]);
+    buf_ = fallback_.get();
   }
-  // Each thread first-touches its own share (pages land near the thread that reads them).
-  pool->Run([&](int t, int nt) {
+  pool_->Run([&](int t, int nt) {
     int64_t b, e;
-    ThreadPool::Share(n, t, nt, 512, &b, &e);
-    for (int64_t i = b; i < e; ++i) buf[i] = static_cast<uint64_t>(i);
+    ThreadPool::Share(n_, t, nt, 512, &b, &e);
+    for (int64_t i = b; i < e; ++i) buf_[i] = static_cast<uint64_t>(i);
   });
+}
+
+double ReadBandwidthProbe::Measure(int passes) {
   std::atomic<uint64_t> sink{0};
   double best = 0.0;
-  for (int r = 0; r < repeats; ++r) {
+  for (int r = 0; r < passes; ++r) {
     const auto start = std::chrono::steady_clock::now();
-    pool->Run([&](int t, int nt) {
+    pool_->Run([&](int t, int nt) {
       int64_t b, e;
-      ThreadPool::Share(n, t, nt, 512, &b, &e);
-      sink.fetch_add(SumRange(buf + b, e - b), std::memory_order_relaxed);
+      ThreadPool::Share(n_, t, nt, 512, &b, &e);
+      sink.fetch_add(SumRange(buf_ + b, e - b), std::memory_order_relaxed);
     });
     const double s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    best = std::max(best, static_cast<double>(n * 8) / s);
+    best = std::max(best, static_cast<double>(n_ * 8) / s);
   }
   return sink.load() == 42 ? best * 1.0 : best;  // keeps the sums observable
+}
+
+double MeasureReadBandwidth(ThreadPool* pool, int64_t buffer_bytes, int repeats) {
+  return ReadBandwidthProbe(pool, buffer_bytes).Measure(repeats);
 }
 
 }  // namespace tessera

@@ -6,10 +6,31 @@
 #define TESSERA_KERNELS_CPU_READ_BANDWIDTH_H_
 
 #include <cstdint>
+#include <memory>
 
+#include "kernels/cpu/huge_pages.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace tessera {
+
+// A buffer to stream, allocated once, so the bandwidth can be measured again and again between
+// other work (tessera bench measures it between chunks of decode steps: on a shared machine the
+// bandwidth moves within seconds, and a roofline measured minutes apart says little).
+class ReadBandwidthProbe {
+ public:
+  // Maps `buffer_bytes` (2 MiB pages where offered) and first-touches each thread's share on
+  // that thread of `pool` (pages land near the thread that reads them).
+  ReadBandwidthProbe(ThreadPool* pool, int64_t buffer_bytes);
+  // Best of `passes` streaming passes over the buffer: bytes per second.
+  double Measure(int passes);
+
+ private:
+  ThreadPool* pool_;
+  int64_t n_ = 0;  // uint64_t words
+  std::shared_ptr<HugePageMapping> mapping_;
+  std::unique_ptr<uint64_t[]> fallback_;
+  uint64_t* buf_ = nullptr;
+};
 
 // Bytes per second. `buffer_bytes` should be several times the last-level cache (default 1 GiB).
 double MeasureReadBandwidth(ThreadPool* pool, int64_t buffer_bytes = int64_t{1} << 30,

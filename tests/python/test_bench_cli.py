@@ -1,0 +1,77 @@
+"""`tessera bench` end to end on a small synthetic shape: the figures it prints agree with each
+other, and bad options are clear errors.
+
+Speed itself is not asserted here (that is bench/, not a timed test); what is checked is that
+the roofline is the bandwidth measured during the decode over the bytes a step reads, and that
+the share printed is decode over that roofline.
+"""
+import os
+import re
+import subprocess
+import unittest
+
+BIN = os.environ.get("TESSERA_BIN_DIR", "")
+TESSERA = os.path.join(BIN, "cli", "tessera")
+
+
+def bench(*args, timeout=300):
+    return subprocess.run([TESSERA, "bench", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def figure(pattern, text):
+    m = re.search(pattern, text, re.M)
+    if m is None:
+        raise AssertionError(f"no line matching {pattern!r} in:\n{text}")
+    return [float(g) for g in m.groups()]
+
+
+class BenchCli(unittest.TestCase):
+    def test_figures_are_consistent(self):
+        steps, batch, prompt = 6, 2, 8
+        r = bench("--synthetic", "smollm2-135m", "--layers", "2", "-p", str(prompt), "-n",
+                  str(steps), "--batch", str(batch), "-t", "2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = r.stdout
+        (bw, probes, bw_min, bw_max) = figure(
+            r"^read bandwidth\s+([0-9.]+) GB/s \(measured ([0-9]+) times during decode: "
+            r"([0-9.]+)-([0-9.]+);", out)
+        # Before the decode and after each stretch of it: at least twice.
+        self.assertGreaterEqual(probes, 2)
+        self.assertGreater(bw_min, 0.1)
+        # The bandwidth the roofline used is a mean of the probes: within their range.
+        self.assertLessEqual(bw_min, bw * 1.0001)
+        self.assertLessEqual(bw, bw_max * 1.0001)
+        (mib,) = figure(r"weights streamed per step ([0-9.]+) MiB", out)
+        (decode, b, n) = figure(r"^decode\s+([0-9.]+) tokens/s\s+\(batch ([0-9]+), ([0-9]+) "
+                                r"steps\)", out)
+        self.assertEqual((b, n), (batch, steps))
+        (roofline, share) = figure(r"^decode roofline\s+([0-9.]+) tokens/s\s+-> ([0-9]+)% of "
+                                   r"roofline", out)
+        self.assertAlmostEqual(share, round(100 * decode / roofline), delta=1)
+        # Each step reads every weight once plus the sequences' K and V so far, so the roofline
+        # is at most batch x bandwidth / weight bytes, and not far below it at this short
+        # context.
+        upper = batch * bw * 1e9 / (mib * 2**20)
+        self.assertLessEqual(roofline, upper * 1.0001)
+        self.assertGreater(roofline, 0.5 * upper)
+        (prefill,) = figure(r"^prefill\s+([0-9.]+) tokens/s", out)
+        self.assertGreater(prefill, 0)
+
+    def test_bad_options_are_clear_errors(self):
+        r = bench("--synthetic", "smollm2-135m", "--layers", "1", "-n", "0")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("-n", r.stderr)
+        r = bench("--synthetic", "no-such-shape")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("no-such-shape", r.stderr)
+        r = bench("-m", "/nonexistent/model.gguf")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("/nonexistent/model.gguf", r.stderr)
+        r = bench("--synthetic", "smollm2-135m", "--layers", "1", "-p", "8000", "-n", "1000")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("exceeds the context length", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
