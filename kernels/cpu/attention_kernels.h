@@ -34,6 +34,13 @@ struct HeadAttentionOf {
   float scale;           // 1 / sqrt(head_dim)
   float* scores;         // (ctx * heads) scratch
   float* out;            // (head_dim)
+  // Memory the fixed-head-dim kernels fetch into L2 during their V pass, one run every 16
+  // positions (the next call's K rows, a run per cache block: that call starts on a warm
+  // stream); read from a[0] only. All issued at once, the prefetches queued behind each other
+  // and held up this call's own loads.
+  const char* const* prefetch_runs = nullptr;
+  int n_prefetch_runs = 0;
+  int prefetch_run_bytes = 0;
 };
 using HeadAttention = HeadAttentionOf<float>;
 using HeadAttentionF16 = HeadAttentionOf<uint16_t>;
@@ -385,6 +392,11 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
     for (int p = 0; p < a0.ctx; ++p) w[p] /= d;
   }
   V16 out[N][kV] = {};
+  auto prefetch_run = [&](int r) {
+    for (int o = 0; o < a0.prefetch_run_bytes; o += 64) {
+      __builtin_prefetch(a0.prefetch_runs[r] + o, 0, 2);  // prefetcht1: into L2
+    }
+  };
   ForEachRow(a0.v_base, a0.slot_stride, a0.table, bt, a0.ctx, [&](int p, const T* v,
                                                                   const T* ahead) {
     if (ahead != nullptr) {
@@ -392,6 +404,7 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
         __builtin_prefetch(reinterpret_cast<const char*>(ahead) + o);
       }
     }
+    if (p % kLanes == 0 && p / kLanes < a0.n_prefetch_runs) prefetch_run(p / kLanes);
     V16 vc[kV];
     for (int c = 0; c < kV; ++c) Load16(v + kLanes * c, &vc[c]);
     for (int n = 0; n < N; ++n) {
@@ -399,6 +412,7 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
       for (int c = 0; c < kV; ++c) MulAdd(w, vc[c], &out[n][c]);
     }
   });
+  for (int r = (a0.ctx + kLanes - 1) / kLanes; r < a0.n_prefetch_runs; ++r) prefetch_run(r);
   for (int n = 0; n < N; ++n) {
     for (int c = 0; c < kV; ++c) std::memcpy(a[n].out + kLanes * c, &out[n][c], sizeof(V16));
   }

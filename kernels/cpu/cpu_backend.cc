@@ -514,6 +514,7 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
     const int64_t end = pair_at(total_work * (thread + 1) / n_threads);
     std::vector<float> scores, k_rows, v_rows;
     std::vector<int32_t> identity;
+    std::vector<const char*> next_runs;
     HeadAttention heads[kMaxHeads64];
     HeadAttentionF16 heads16[kMaxHeads64];
     int n = 0;  // query heads in this call
@@ -524,22 +525,30 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
       n = static_cast<int>(std::min<int64_t>({max_heads, (kvh + 1) * group - h0, end - pair}));
       const std::vector<int32_t>& table = batch.block_table[batch.seq_of_token[t]];
       const int ctx = batch.position[t] + 1;
+      // The next call's K rows, up to kNextCallKRows of them (every (sequence, KV head) is a
+      // new stream, too short for the hardware prefetchers), are fetched into L2 while this
+      // call runs: a run of bytes per cache block (a block's rows of one KV head are
+      // consecutive), spread over the call by the fixed-head-dim kernels. All of them rather
+      // than the first kGroupsAhead groups, and spread rather than at once: 16 sequences at
+      // 160 positions (SmolLM2's shape) 101 -> 91 us per layer (attention_bench, medians of 6
+      // alternating runs); longer contexts gained nothing from more.
+      next_runs.clear();
+      int run_bytes = 0;
       if (pair + n < end) {
-        // The next call's K rows, up to kNextCallKRows of them (every (sequence, KV head) is a
-        // new stream, too short for the hardware prefetchers), are fetched into L2 while this
-        // call runs. All of them rather than the first kGroupsAhead groups: 16 sequences at
-        // 160 positions (SmolLM2's shape) 107 -> 92 us per layer (attention_bench, medians of
-        // 5 alternating runs); longer contexts gained nothing from more.
         const int64_t t_next = (pair + n) / n_heads;
         const int kvh_next = static_cast<int>((pair + n) % n_heads) / group;
         const std::vector<int32_t>& table_next = batch.block_table[batch.seq_of_token[t_next]];
         const int rows = std::min(batch.position[t_next] + 1, kNextCallKRows);
-        const int64_t row_bytes = hd * KvTypeBytes(L.type);
-        for (int p = 0; p < rows; ++p) {
-          const int64_t s = int64_t{table_next[p / L.block_tokens]} * L.block_tokens +
-                            p % L.block_tokens;
-          const uint8_t* row = KvRow(layer, 0, s, kvh_next);
-          for (int64_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(row + o, 0, 2);
+        run_bytes = L.block_tokens * hd * static_cast<int>(KvTypeBytes(L.type));
+        for (int p0 = 0, b = 0; p0 < rows; p0 += L.block_tokens, ++b) {
+          next_runs.push_back(reinterpret_cast<const char*>(
+              KvRow(layer, 0, int64_t{table_next[b]} * L.block_tokens, kvh_next)));
+        }
+      }
+      const bool fixed_kernel = hd == 64 || hd == 128;
+      if (!fixed_kernel) {
+        for (const char* run : next_runs) {
+          for (int o = 0; o < run_bytes; o += 64) __builtin_prefetch(run + o, 0, 2);
         }
       }
       scores.resize(static_cast<size_t>(ctx) * n);
@@ -557,13 +566,19 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
         a.scores = scores.data() + static_cast<size_t>(ctx) * i;
         a.out = out + (t * n_heads + h0 + i) * hd;
       }
+      if (fixed_kernel) {
+        heads[0].prefetch_runs = next_runs.data();
+        heads[0].n_prefetch_runs = static_cast<int>(next_runs.size());
+        heads[0].prefetch_run_bytes = run_bytes;
+      }
       if (f16_native) {
         for (int i = 0; i < n; ++i) {
           const HeadAttention& a = heads[i];
           heads16[i] = {a.q, reinterpret_cast<const uint16_t*>(KvRow(layer, 0, 0, kvh)),
                         reinterpret_cast<const uint16_t*>(KvRow(layer, 1, 0, kvh)),
                         a.slot_stride, a.table, a.block_tokens, a.ctx, a.head_dim, a.scale,
-                        a.scores, a.out};
+                        a.scores, a.out, a.prefetch_runs, a.n_prefetch_runs,
+                        a.prefetch_run_bytes};
         }
         AttendHeadsF16Avx512(heads16, n);
         continue;
