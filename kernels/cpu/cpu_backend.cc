@@ -530,8 +530,9 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
       // call runs: a run of bytes per cache block (a block's rows of one KV head are
       // consecutive), spread over the call by the fixed-head-dim kernels. All of them rather
       // than the first kGroupsAhead groups, and spread rather than at once: 16 sequences at
-      // 160 positions (SmolLM2's shape) 101 -> 91 us per layer (attention_bench, medians of 6
-      // alternating runs); longer contexts gained nothing from more.
+      // 160 positions (SmolLM2's shape) 101 -> 95 us per layer (attention_bench, medians of 6
+      // alternating runs), 16 at 512 of Llama-1B's shape ~985 -> ~900; one sequence at 512 or
+      // 2048 positions gained nothing from more.
       next_runs.clear();
       int run_bytes = 0;
       if (pair + n < end) {
