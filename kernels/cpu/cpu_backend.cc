@@ -508,7 +508,8 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
   // An f16 cache goes to the AVX-512 kernels that convert rows as they load them; elsewhere
   // (no AVX-512, or another head dim) each item's rows are converted into a float scratch
   // first (exact), and the float kernels run on that.
-  const bool f16_native = f16 && (hd == 64 || hd == 128) && GetCpuFeatures().avx512;
+  const bool fixed_kernel = hd == 64 || hd == 128;  // AttendHeads64/128, AttendHeadsF16Avx512
+  const bool f16_native = f16 && fixed_kernel && GetCpuFeatures().avx512;
   pool_.Run([&](int thread, int n_threads) {
     const int64_t begin = pair_at(total_work * thread / n_threads);
     const int64_t end = pair_at(total_work * (thread + 1) / n_threads);
@@ -546,7 +547,6 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
               KvRow(layer, 0, int64_t{table_next[b]} * L.block_tokens, kvh_next)));
         }
       }
-      const bool fixed_kernel = hd == 64 || hd == 128;
       if (!fixed_kernel) {
         for (const char* run : next_runs) {
           for (int o = 0; o < run_bytes; o += 64) __builtin_prefetch(run + o, 0, 2);
