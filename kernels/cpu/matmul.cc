@@ -196,17 +196,19 @@ struct ProductPlan {
 // SmolLM2's streams into 17 KiB pieces and its decode ran 5-10% slower); once its own ranges
 // are done it claims chunks from the backs of the others', so that a thread slowed down by
 // other work on its core does not hold everyone up at the join. Which thread computes a row
-// does not change its bits.
+// does not change its bits. Each thread's cursors share a cache line of their own
+// (RowCursorLine): with all of them on one line, every claim moved that line between the
+// cores.
 class RowRanges {
  public:
-  RowRanges(const ProductPlan* plans, int n_products, int n_threads)
-      : plans_(plans),
-        n_threads_(n_threads),
-        cursors_(new std::atomic<uint64_t>[static_cast<size_t>(n_products * n_threads)]) {
-    for (int i = 0; i < n_products; ++i) {
-      const int64_t rows = plans[i].w->rows;
-      for (int t = 0; t < n_threads; ++t) {
-        cursors_[i * n_threads + t].store(Pack(Edge(rows, t), Edge(rows, t + 1)));
+  // lines: n_threads of them.
+  RowRanges(const ProductPlan* plans, int n_products, int n_threads, RowCursorLine* lines)
+      : plans_(plans), n_threads_(n_threads), lines_(lines) {
+    for (int t = 0; t < n_threads; ++t) {
+      for (int i = 0; i < n_products; ++i) {
+        const int64_t rows = plans[i].w->rows;
+        lines_[t].cursor[i].store(Pack(Edge(rows, t), Edge(rows, t + 1)),
+                                  std::memory_order_relaxed);
       }
     }
   }
@@ -227,7 +229,7 @@ class RowRanges {
     return static_cast<uint64_t>(front) << 32 | static_cast<uint64_t>(back);
   }
   bool Claim(int i, int t, bool front, int64_t* begin, int64_t* end) {
-    std::atomic<uint64_t>& cursor = cursors_[i * n_threads_ + t];
+    std::atomic<uint64_t>& cursor = lines_[t].cursor[i];
     const int64_t n = plans_[i].chunk_rows;  // a multiple of 16
     uint64_t now = cursor.load(std::memory_order_relaxed);
     for (;;) {
@@ -248,7 +250,7 @@ class RowRanges {
 
   const ProductPlan* plans_;
   int n_threads_;
-  std::unique_ptr<std::atomic<uint64_t>[]> cursors_;
+  RowCursorLine* lines_;
 };
 
 constexpr ActFormat kQuantizedFormats[] = {ActFormat::kBlock32, ActFormat::kBlock256};
@@ -441,7 +443,11 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
     }
   }
 
-  RowRanges ranges(plans, n_products, n_threads);
+  if (scratch->n_cursor_lines < n_threads) {
+    scratch->cursor_lines = std::make_unique<RowCursorLine[]>(static_cast<size_t>(n_threads));
+    scratch->n_cursor_lines = n_threads;
+  }
+  RowRanges ranges(plans, n_products, n_threads, scratch->cursor_lines.get());
   auto work = [&](int thread, int /*n_threads*/) {
     int64_t begin, end;
     // This thread's own ranges, front to back, product by product; then what is left of the

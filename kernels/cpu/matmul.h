@@ -18,7 +18,9 @@
 #ifndef TESSERA_KERNELS_CPU_MATMUL_H_
 #define TESSERA_KERNELS_CPU_MATMUL_H_
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string_view>
 #include <vector>
 
@@ -44,11 +46,23 @@ bool CpuIsaAvailable(CpuIsa isa);
 // F32/F16/BF16).
 bool MatMulSupports(GgmlType type);
 
+// The most products one MatMulQMany call takes.
+inline constexpr int kMaxMatMulProducts = 8;
+
+// One thread's claim cursors over the rows of a call's products (matmul.cc's RowRanges), a
+// cache line per thread: a thread claims its chunks on its own line, which another thread
+// touches only to initialize it and, at the end, to take what is left.
+struct alignas(64) RowCursorLine {
+  std::atomic<uint64_t> cursor[kMaxMatMulProducts];
+};
+
 // Reusable buffers for the quantized activations (n_batch rows, 64-byte aligned inside the
-// vector); keep one per engine to avoid allocation on every call. Not thread-safe: one MatMulQ
-// at a time per scratch.
+// vector) and the row cursors; keep one per engine to avoid allocation on every call. Not
+// thread-safe: one MatMulQ at a time per scratch.
 struct MatMulScratch {
   std::vector<uint8_t> activations;
+  std::unique_ptr<RowCursorLine[]> cursor_lines;
+  int n_cursor_lines = 0;
 };
 
 // Batches of at least this many activation rows use the register-tiled kernels
@@ -82,9 +96,6 @@ struct MatMulOptions {
 absl::Status MatMulQ(const QuantMatrix& w, const float* x, int64_t n_batch, float* y,
                      ThreadPool* pool, MatMulScratch* scratch,
                      const MatMulOptions& options = MatMulOptions());
-
-// The most products one MatMulQMany call takes.
-inline constexpr int kMaxMatMulProducts = 8;
 
 // One product of MatMulQMany: y (n_batch, w->rows) = x W^T.
 struct MatMulProduct {

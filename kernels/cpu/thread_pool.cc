@@ -51,33 +51,41 @@ void ThreadPool::Run(const std::function<void(int, int)>& fn) {
     fn(0, 1);
     return;
   }
-  {
+  job_ = &fn;  // no worker reads it until the generation below changes
+  pending_.store(n_threads_ - 1, std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes job_ and pending_
+  // A worker about to sleep counts itself (seq_cst) before it checks the generation, so
+  // either it sees the new one or this sees it counted and wakes it.
+  if (sleeping_workers_.load(std::memory_order_seq_cst) > 0) {
     std::lock_guard<std::mutex> lock(mu_);
-    job_ = &fn;
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_acq_rel);  // publishes job_ and pending_
+    start_cv_.notify_all();
   }
-  start_cv_.notify_all();
   fn(0, n_threads_);
   if (SpinUntil([this] { return pending_.load(std::memory_order_acquire) == 0; })) return;
   std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+  caller_sleeping_.store(true, std::memory_order_seq_cst);
+  done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_seq_cst) == 0; });
+  caller_sleeping_.store(false, std::memory_order_relaxed);
 }
 
 void ThreadPool::WorkerLoop(int index) {
   uint64_t seen = 0;
   for (;;) {
-    auto changed = [&] { return generation_.load(std::memory_order_acquire) != seen; };
+    auto changed = [&] { return generation_.load(std::memory_order_seq_cst) != seen; };
     if (!SpinUntil(changed)) {
       std::unique_lock<std::mutex> lock(mu_);
+      sleeping_workers_.fetch_add(1, std::memory_order_seq_cst);
       start_cv_.wait(lock, changed);
+      sleeping_workers_.fetch_sub(1, std::memory_order_relaxed);
     }
     seen = generation_.load(std::memory_order_acquire);
     if (stop_.load(std::memory_order_acquire)) return;
     (*job_)(index, n_threads_);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      // Last one out wakes the caller. Taking the lock orders this notify after the caller's
-      // predicate check, so the wake-up cannot be lost.
+    // The last one out wakes the caller if it went to sleep: it sets its flag (seq_cst) before
+    // it checks pending_, so either it sees 0 or this sees the flag. Taking the lock orders the
+    // notify after the caller's check.
+    if (pending_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+        caller_sleeping_.load(std::memory_order_seq_cst)) {
       std::lock_guard<std::mutex> lock(mu_);
       done_cv_.notify_one();
     }

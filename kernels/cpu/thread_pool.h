@@ -45,14 +45,23 @@ class ThreadPool {
 
   const int n_threads_;
   std::vector<std::thread> workers_;
-  std::mutex mu_;
+  // The members are grouped by who writes them, a cache line per group: a Run costs a few
+  // transfers of lines between the cores, which on a VM whose two vCPUs sit on different
+  // dies take ~150 ns each (bench/RESULTS.md, 2026-12-07, fourth session).
+  // Written by the caller of Run: the job, then the generation that publishes it.
+  alignas(64) const std::function<void(int, int)>* job_ = nullptr;
+  std::atomic<uint64_t> generation_{0};  // bumped once per Run
+  std::atomic<bool> stop_{false};
+  // Written by the workers: how many are still running the current job.
+  alignas(64) std::atomic<int> pending_{0};
+  // Touched only by a thread about to sleep and by whoever has to wake it: the lock and
+  // condition variables are used only when a thread sleeps (seq_cst flags against lost
+  // wake-ups), not on every Run.
+  alignas(64) std::mutex mu_;
   std::condition_variable start_cv_;
   std::condition_variable done_cv_;
-  // Written under mu_; also read without it (acquire) while spinning.
-  const std::function<void(int, int)>* job_ = nullptr;  // set before generation_ changes
-  std::atomic<uint64_t> generation_{0};                 // bumped once per Run
-  std::atomic<int> pending_{0};                         // workers still running the current job
-  std::atomic<bool> stop_{false};
+  std::atomic<int> sleeping_workers_{0};
+  std::atomic<bool> caller_sleeping_{false};
 };
 
 }  // namespace tessera

@@ -83,6 +83,39 @@ TEST(ThreadPoolTest, WakesWorkersThatWentToSleep) {
   }
 }
 
+TEST(ThreadPoolTest, WakesTheCallerThatWentToSleep) {
+  // A worker's share outlasts the caller's spin, so the caller sleeps until the last worker
+  // wakes it; a lost wake-up would hang here.
+  ThreadPool pool(3);
+  for (int k = 0; k < 3; ++k) {
+    std::atomic<int> calls{0};
+    pool.Run([&](int i, int) {
+      if (i == 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      calls.fetch_add(1);
+    });
+    EXPECT_EQ(calls.load(), 3);
+  }
+}
+
+TEST(ThreadPoolTest, NoLostWakeUpsAroundTheSpinDeadline) {
+  // Gaps between Runs and shares on the workers near the spin budget (200 us), where a
+  // thread decides to sleep while the other side is publishing: every Run still returns,
+  // with every index run once.
+  ThreadPool pool(2);
+  int done = 0;
+  for (int k = 0; k < 300; ++k) {
+    const auto gap = std::chrono::microseconds(150 + (k * 37) % 120);
+    std::atomic<int> calls{0};
+    pool.Run([&](int i, int) {
+      if (i == 1 && k % 3 == 0) std::this_thread::sleep_for(gap);
+      calls.fetch_add(1);
+    });
+    done += calls.load() == 2;
+    if (k % 2 == 0) std::this_thread::sleep_for(gap);
+  }
+  EXPECT_EQ(done, 300);
+}
+
 TEST(ThreadPoolTest, ShareTilesTheRangeExactly) {
   for (int64_t total : {0, 1, 5, 15, 16, 17, 100, 1000, 4099}) {
     for (int n = 1; n <= 9; ++n) {
