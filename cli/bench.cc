@@ -15,6 +15,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -98,9 +99,17 @@ absl::Status RunBench(const BenchOptions& o) {
   // On the backend's own threads: a second pool would compete with its spinning workers.
   ReadBandwidthProbe probe(backend.pool(), int64_t{256} << 20);
   const int64_t prompt = o.prompt > 0 ? o.prompt : 128;
+  // Next to each bandwidth probe, how long a cache line takes between two of the engine's
+  // threads and back: where the machine put them (on a VM the two move between dies, and
+  // with them both the bandwidth and the cost of every fork-join; bench/RESULTS.md).
+  std::vector<double> round_trips;
   TESSERA_ASSIGN_OR_RETURN(BenchFigures f,
-                           Measure(*weights, &backend, o.batch, prompt, o.tokens, kv_type,
-                                   [&] { return probe.Measure(3); }));
+                           Measure(*weights, &backend, o.batch, prompt, o.tokens, kv_type, [&] {
+                             if (o.threads > 1) {
+                               round_trips.push_back(MeasureThreadRoundTrip(backend.pool()));
+                             }
+                             return probe.Measure(3);
+                           }));
   std::printf("model            %s\n", weights->description().c_str());
   std::printf("backend          %s\n", backend.name().c_str());
   std::printf("shape            %lld layers, n_embd %lld, weights streamed per step %.1f MiB\n",
@@ -111,6 +120,13 @@ absl::Status RunBench(const BenchOptions& o) {
               f.bandwidth / 1e9, f.probes, f.bandwidth_min / 1e9, f.bandwidth_max / 1e9,
               static_cast<long long>(o.threads),
               TransparentHugePagesAvailable() ? ", 2 MiB pages" : "");
+  if (!round_trips.empty()) {
+    std::sort(round_trips.begin(), round_trips.end());
+    std::printf("core round trip  %.0f ns (median of %zu, measured with the bandwidth: %.0f-%.0f; "
+                "threads 0 and 1)\n",
+                round_trips[round_trips.size() / 2] * 1e9, round_trips.size(),
+                round_trips.front() * 1e9, round_trips.back() * 1e9);
+  }
   std::printf("kv cache         %s\n", KvTypeName(f.kv_type));
   std::printf("prefill          %.1f tokens/s  (%lld x %lld tokens)\n", f.prefill_tps,
               static_cast<long long>(o.batch), static_cast<long long>(prompt));

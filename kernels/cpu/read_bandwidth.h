@@ -36,6 +36,14 @@ class ReadBandwidthProbe {
 double MeasureReadBandwidth(ThreadPool* pool, int64_t buffer_bytes = int64_t{1} << 30,
                             int repeats = 5);
 
+// Seconds for a cache line to go from the pool's thread 0 to thread 1 and back (a flag passed
+// to and fro `round_trips` times, in five batches; the median batch): how far apart the two
+// cores are, which every fork-join of a decode step pays a few times. On a VM it changes
+// with where the host runs the vCPUs: the 2-vCPU EPYC VM of bench/RESULTS.md reads ~55 ns
+// with both on one die (and ~33 GB/s of read bandwidth), ~330 ns on two dies (50-60 GB/s).
+// 0 for a pool of one thread.
+double MeasureThreadRoundTrip(ThreadPool* pool, int round_trips = 1000);
+
 }  // namespace tessera
 
 #endif  // TESSERA_KERNELS_CPU_READ_BANDWIDTH_H_

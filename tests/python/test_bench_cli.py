@@ -42,6 +42,13 @@ class BenchCli(unittest.TestCase):
         # The bandwidth the roofline used is a mean of the probes: within their range.
         self.assertLessEqual(bw_min, bw * 1.0001)
         self.assertLessEqual(bw, bw_max * 1.0001)
+        # Two threads: the cores' round trip, measured next to each bandwidth probe.
+        (rt, n_rt, rt_min, rt_max) = figure(
+            r"^core round trip\s+([0-9]+) ns \(median of ([0-9]+), measured with the "
+            r"bandwidth: ([0-9]+)-([0-9]+);", out)
+        self.assertEqual(n_rt, probes)
+        self.assertGreater(rt_min, 0)
+        self.assertTrue(rt_min <= rt <= rt_max, out)
         (mib,) = figure(r"weights streamed per step ([0-9.]+) MiB", out)
         (decode, b, n) = figure(r"^decode\s+([0-9.]+) tokens/s\s+\(batch ([0-9]+), ([0-9]+) "
                                 r"steps\)", out)
@@ -57,6 +64,12 @@ class BenchCli(unittest.TestCase):
         self.assertGreater(roofline, 0.5 * upper)
         (prefill,) = figure(r"^prefill\s+([0-9.]+) tokens/s", out)
         self.assertGreater(prefill, 0)
+
+    def test_one_thread_has_no_round_trip(self):
+        r = bench("--synthetic", "smollm2-135m", "--layers", "1", "-p", "4", "-n", "2", "-t", "1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("core round trip", r.stdout)
+        self.assertIn("1 threads", r.stdout)
 
     def test_bad_options_are_clear_errors(self):
         r = bench("--synthetic", "smollm2-135m", "--layers", "1", "-n", "0")
