@@ -127,6 +127,14 @@ absl::Status RunBench(const BenchOptions& o) {
                 round_trips[round_trips.size() / 2] * 1e9, round_trips.size(),
                 round_trips.front() * 1e9, round_trips.back() * 1e9);
   }
+  if (backend.pool()->runs_on_caller() > 0) {
+    // ThreadPool: workers found starting late (another process on their CPUs) hand their
+    // shares to the caller for a while.
+    std::printf("threads          %lld of %lld fork-joins ran on the calling thread alone (its "
+                "workers found without CPUs of their own)\n",
+                static_cast<long long>(backend.pool()->runs_on_caller()),
+                static_cast<long long>(backend.pool()->runs()));
+  }
   std::printf("kv cache         %s\n", KvTypeName(f.kv_type));
   std::printf("prefill          %.1f tokens/s  (%lld x %lld tokens)\n", f.prefill_tps,
               static_cast<long long>(o.batch), static_cast<long long>(prompt));

@@ -355,7 +355,9 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
   }
 
   const int64_t cols = products[0].w->cols;
-  const int n_threads = pool == nullptr ? 1 : pool->size();
+  // One share per thread, or one in all while the pool runs its jobs on the caller alone (its
+  // workers found without CPUs of their own): one stream per product, not two taken in turn.
+  const int n_threads = pool == nullptr ? 1 : pool->ParallelismNow();
   ProductPlan plans[kMaxMatMulProducts];
   // Which quantized activation formats (and, per format, whether packed panels) are needed.
   bool need_rows[3] = {}, need_panels[3] = {};
@@ -449,6 +451,7 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
   }
   RowRanges ranges(plans, n_products, n_threads, scratch->cursor_lines.get());
   auto work = [&](int thread, int /*n_threads*/) {
+    if (thread >= n_threads) return;  // the pool went back to its workers since
     int64_t begin, end;
     // This thread's own ranges, front to back, product by product; then what is left of the
     // others', from their backs.
@@ -462,7 +465,7 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
       }
     }
   };
-  if (n_threads == 1) {
+  if (pool == nullptr || pool->size() == 1) {
     work(0, 1);
   } else {
     pool->Run(work);

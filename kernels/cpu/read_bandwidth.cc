@@ -76,7 +76,7 @@ double MeasureThreadRoundTrip(ThreadPool* pool, int round_trips) {
   };
   auto flag = std::make_unique<Flag>();
   std::vector<double> batch_s;
-  pool->Run([&](int t, int) {
+  pool->RunConcurrently([&](int t, int) {
     if (t > 1) return;
     std::atomic<int64_t>& v = flag->value;
     // Spins; where the two threads share a core (an oversubscribed machine) the wait gives

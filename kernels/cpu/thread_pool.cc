@@ -18,6 +18,23 @@ namespace {
 // machine may be shared) after a fraction of a millisecond.
 constexpr auto kSpin = std::chrono::microseconds(200);
 
+// A worker that starts a job later than this after it was published, on a Run issued right
+// after the previous one (so a healthy worker was still spinning), did not have a CPU. It
+// takes kLateRuns such Runs of the last 16 to move the jobs onto the caller, for kOnCaller.
+constexpr int64_t kLateStartNs = 50'000;
+// Found late again soon after (within kOnCallerMin) a stretch on the caller ended, the pool
+// doubles the next stretch, up to kOnCallerMax.
+constexpr int kLateRuns = 4;
+constexpr int64_t kOnCallerMinNs = 100'000'000, kOnCallerMaxNs = 3'200'000'000;
+// Runs issued within this of the previous one count (longer gaps let the workers sleep).
+constexpr int64_t kBackToBackNs = 20'000;
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 // Spins until pred() or the spin budget runs out; true if pred() became true.
 template <typename Pred>
 bool SpinUntil(Pred pred) {
@@ -47,11 +64,51 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::Run(const std::function<void(int, int)>& fn) {
+  ++runs_;
   if (n_threads_ == 1) {
     fn(0, 1);
     return;
   }
+  const int64_t start = NowNs();
+  if (start < on_caller_until_ns_) {
+    ++runs_on_caller_;
+    for (int i = 0; i < n_threads_; ++i) fn(i, n_threads_);
+    last_end_ns_ = NowNs();
+    return;
+  }
+  const bool back_to_back = start - last_end_ns_ < kBackToBackNs;
+  RunOnThreads(fn);
+  const int late = late_starts_.exchange(0, std::memory_order_relaxed);
+  last_end_ns_ = NowNs();
+  if (!back_to_back) return;
+  late_history_ = (late_history_ << 1 | (late > 0 ? 1u : 0u)) & 0xFFFFu;
+  if (__builtin_popcount(late_history_) >= kLateRuns) {
+    const bool again = on_caller_until_ns_ > 0 &&
+                       last_end_ns_ - on_caller_until_ns_ < kOnCallerMinNs;
+    on_caller_ns_ = again ? std::min(2 * on_caller_ns_, kOnCallerMaxNs) : kOnCallerMinNs;
+    on_caller_until_ns_ = last_end_ns_ + on_caller_ns_;
+    late_history_ = 0;
+  }
+}
+
+int ThreadPool::ParallelismNow() const {
+  return n_threads_ > 1 && NowNs() < on_caller_until_ns_ ? 1 : n_threads_;
+}
+
+void ThreadPool::RunConcurrently(const std::function<void(int, int)>& fn) {
+  ++runs_;
+  if (n_threads_ == 1) {
+    fn(0, 1);
+    return;
+  }
+  RunOnThreads(fn);
+  late_starts_.store(0, std::memory_order_relaxed);
+  last_end_ns_ = NowNs();
+}
+
+void ThreadPool::RunOnThreads(const std::function<void(int, int)>& fn) {
   job_ = &fn;  // no worker reads it until the generation below changes
+  publish_ns_ = NowNs();
   pending_.store(n_threads_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes job_ and pending_
   // A worker about to sleep counts itself (seq_cst) before it checks the generation, so
@@ -80,6 +137,7 @@ void ThreadPool::WorkerLoop(int index) {
     }
     seen = generation_.load(std::memory_order_acquire);
     if (stop_.load(std::memory_order_acquire)) return;
+    if (NowNs() - publish_ns_ > kLateStartNs) late_starts_.fetch_add(1, std::memory_order_relaxed);
     (*job_)(index, n_threads_);
     // The last one out wakes the caller if it went to sleep: it sets its flag (seq_cst) before
     // it checks pending_, so either it sees 0 or this sees the flag. Taking the lock orders the

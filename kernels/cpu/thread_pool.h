@@ -7,6 +7,13 @@
 // condition-variable wake-up costs tens of them), then sleeps on a condition variable so an
 // idle pool uses no CPU.
 //
+// When the workers do not get CPUs of their own (another process keeps a core busy, and the
+// OS puts a worker on the caller's core), each Run would wait out a spin budget twice: the
+// caller's while the worker cannot run, then the worker's while the caller cannot. The pool
+// notices workers that start late on back-to-back Runs and then runs the jobs on the caller
+// alone, one index after another, for a while before it tries the workers again (on a 2-CPU
+// VM with one CPU taken, SmolLM2's decode went from 16 to ~200 tokens/s).
+//
 // Thread-safety: Run() may be called from one thread at a time (the pool is owned by one
 // engine); it is not re-entrant. fn must not throw.
 #ifndef TESSERA_KERNELS_CPU_THREAD_POOL_H_
@@ -32,8 +39,21 @@ class ThreadPool {
 
   int size() const { return n_threads_; }
 
-  // Calls fn(thread_index, n_threads) once on each thread and waits for all of them.
+  // Calls fn(thread_index, n_threads) once for each index and waits for all of them: each on
+  // its own thread, or, while the workers are found starting late (see above), all on the
+  // caller in index order. fn's indices must not wait for each other.
   void Run(const std::function<void(int thread_index, int n_threads)>& fn);
+  // As Run, always on n_threads threads at once: for jobs whose indices wait for each other.
+  void RunConcurrently(const std::function<void(int thread_index, int n_threads)>& fn);
+
+  // How many threads a Run issued now would run on: 1 while the jobs go to the caller alone
+  // (a job may then plan one share instead of size() of them, and let indices beyond it
+  // return at once).
+  int ParallelismNow() const;
+
+  // Runs so far, and how many of them ran on the caller alone (workers found starting late).
+  int64_t runs() const { return runs_; }
+  int64_t runs_on_caller() const { return runs_on_caller_; }
 
   // [begin, end) of the i-th of n near-equal contiguous shares of [0, total). Share bounds are
   // multiples of `granule` except the final end (= total); the shares tile [0, total) exactly,
@@ -42,6 +62,7 @@ class ThreadPool {
 
  private:
   void WorkerLoop(int index);
+  void RunOnThreads(const std::function<void(int, int)>& fn);
 
   const int n_threads_;
   std::vector<std::thread> workers_;
@@ -50,10 +71,19 @@ class ThreadPool {
   // dies take ~150 ns each (bench/RESULTS.md, 2026-12-07, fourth session).
   // Written by the caller of Run: the job, then the generation that publishes it.
   alignas(64) const std::function<void(int, int)>* job_ = nullptr;
+  int64_t publish_ns_ = 0;               // steady clock when the job was published
   std::atomic<uint64_t> generation_{0};  // bumped once per Run
   std::atomic<bool> stop_{false};
-  // Written by the workers: how many are still running the current job.
+  // Written by the workers: how many are still running the current job, and how many
+  // started it more than kLateStart after it was published.
   alignas(64) std::atomic<int> pending_{0};
+  std::atomic<int> late_starts_{0};
+  // The caller's own bookkeeping.
+  int64_t runs_ = 0, runs_on_caller_ = 0;
+  int64_t last_end_ns_ = 0;      // when the previous Run returned
+  uint32_t late_history_ = 0;    // bit i: the i-th latest back-to-back Run had a late start
+  int64_t on_caller_until_ns_ = 0;  // Runs stay on the caller until then
+  int64_t on_caller_ns_ = 0;        // the length of that stretch
   // Touched only by a thread about to sleep and by whoever has to wake it: the lock and
   // condition variables are used only when a thread sleeps (seq_cst flags against lost
   // wake-ups), not on every Run.

@@ -2,6 +2,8 @@
 // survives many Runs (including after its workers went to sleep).
 #include "kernels/cpu/thread_pool.h"
 
+#include <sched.h>
+
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -114,6 +116,61 @@ TEST(ThreadPoolTest, NoLostWakeUpsAroundTheSpinDeadline) {
     if (k % 2 == 0) std::this_thread::sleep_for(gap);
   }
   EXPECT_EQ(done, 300);
+}
+
+// Restricts the calling thread (and threads it starts) to the CPU it runs on; restores the
+// old set when destroyed.
+class OnOneCpu {
+ public:
+  OnOneCpu() {
+    CPU_ZERO(&old_);
+    ok_ = sched_getaffinity(0, sizeof old_, &old_) == 0;
+    const int cpu = sched_getcpu();
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu < 0 ? 0 : cpu, &one);
+    ok_ = ok_ && sched_setaffinity(0, sizeof one, &one) == 0;
+  }
+  ~OnOneCpu() { sched_setaffinity(0, sizeof old_, &old_); }
+  bool ok() const { return ok_; }
+
+ private:
+  cpu_set_t old_;
+  bool ok_ = false;
+};
+
+TEST(ThreadPoolTest, RunsOnTheCallerWhenTheWorkersHaveNoCpuOfTheirOwn) {
+  // Caller and worker on one CPU: each Run would wait out the spin budget of one while the
+  // other cannot run (~0.4 ms a Run). The pool notices the late starts and runs the indices
+  // on the caller, every one exactly once per Run.
+  OnOneCpu one_cpu;
+  ASSERT_TRUE(one_cpu.ok());
+  ThreadPool pool(2);
+  constexpr int kRuns = 2000;
+  std::vector<int> count(2, 0);
+  std::atomic<int> bad{0};
+  volatile double sink = 0;
+  for (int k = 0; k < kRuns; ++k) {
+    pool.Run([&](int i, int n) {
+      if (n != 2 || count[i] != k) bad.fetch_add(1);
+      ++count[i];
+      double x = 0;
+      for (int j = 0; j < 200; ++j) x += j * 0.5;
+      sink = sink + x;
+    });
+  }
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(count[0], kRuns);
+  EXPECT_EQ(count[1], kRuns);
+  EXPECT_EQ(pool.runs(), kRuns);
+  EXPECT_GT(pool.runs_on_caller(), kRuns / 2);
+  // RunConcurrently still runs the indices at the same time: index 0 waits for index 1.
+  std::atomic<bool> one_ran{false};
+  pool.RunConcurrently([&](int i, int) {
+    if (i == 1) one_ran.store(true);
+    while (i == 0 && !one_ran.load()) std::this_thread::yield();
+  });
+  EXPECT_TRUE(one_ran.load());
 }
 
 TEST(ThreadPoolTest, ShareTilesTheRangeExactly) {
