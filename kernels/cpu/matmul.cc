@@ -25,6 +25,14 @@ namespace {
 // weight byte from memory once.
 constexpr int64_t kTileWeightBytes = 16 * 1024;
 
+// Weight bytes per claim of RowRanges at most for batches of 2 and more (an eighth of a
+// thread's share of a product otherwise): a thread that runs out of work waits for the
+// others' current chunks, and with 16 sequences a chunk of SmolLM2's output matrix (3072
+// rows, 1.8 MiB) kept it waiting about a millisecond, long enough for it to go to sleep
+// (ThreadPool); 6 of 14 such runs had then sent jobs to the caller alone, none of 8 after.
+// One sequence gets through such a chunk in ~0.1 ms.
+constexpr int64_t kMaxChunkBytes = 512 * 1024;
+
 // Batches up to which striped Q6_K weights run the striped kernel (above: see MatMulQMany).
 // Single-thread kernel_bench, 2048 x 2048, Zen 4: the striped kernel runs ~205 GFLOP/s at any
 // batch (the tiled one on GGUF rows 212 at 16 sequences, 240-260 at 32, 267-293 at 128), the
@@ -398,8 +406,10 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
     p.panels = nullptr;
     p.n_blocks = cols / traits->block_elems;
     p.tile_rows = std::max<int64_t>(1, kTileWeightBytes / *RowBytes(*traits, cols));
-    p.chunk_rows =
-        std::max<int64_t>(16, (w.rows / (8 * static_cast<int64_t>(n_threads)) + 15) / 16 * 16);
+    const int64_t eighth = (w.rows / (8 * static_cast<int64_t>(n_threads)) + 15) / 16 * 16;
+    const int64_t most =
+        n_batch == 1 ? eighth : std::max<int64_t>(16, kMaxChunkBytes / w.row_bytes / 16 * 16);
+    p.chunk_rows = std::max<int64_t>(16, std::min(eighth, most));
     need_rows[static_cast<int>(format)] = true;
     if (p.gemm != nullptr) need_panels[static_cast<int>(format)] = true;
   }

@@ -10,7 +10,8 @@
 // When the workers do not get CPUs of their own (another process keeps a core busy, and the
 // OS puts a worker on the caller's core), each Run would wait out a spin budget twice: the
 // caller's while the worker cannot run, then the worker's while the caller cannot. The pool
-// notices workers that start late on back-to-back Runs and then runs the jobs on the caller
+// notices workers that start late, on the caller's CPU, on back-to-back Runs and then runs
+// the jobs on the caller
 // alone, one index after another, for a while before it tries the workers again (on a 2-CPU
 // VM with one CPU taken, SmolLM2's decode on 2 threads went from 84 to 175-200 tokens/s, what
 // 1 thread gives).
@@ -73,6 +74,7 @@ class ThreadPool {
   // Written by the caller of Run: the job, then the generation that publishes it.
   alignas(64) const std::function<void(int, int)>* job_ = nullptr;
   int64_t publish_ns_ = 0;               // steady clock when the job was published
+  int publish_cpu_ = -1;                 // and the CPU the caller published it from
   std::atomic<uint64_t> generation_{0};  // bumped once per Run
   std::atomic<bool> stop_{false};
   // Written by the workers: how many are still running the current job, and how many
@@ -83,7 +85,9 @@ class ThreadPool {
   alignas(64) int64_t runs_ = 0;
   int64_t runs_on_caller_ = 0;
   int64_t last_end_ns_ = 0;         // when the previous Run returned
-  uint32_t late_history_ = 0;       // bit i: the i-th latest back-to-back Run started late
+  int late_runs_ = 0;               // back-to-back Runs with a late start since late_since_ns_
+  int on_time_runs_ = 0;            // and those on time
+  int64_t late_since_ns_ = 0;
   int64_t on_caller_until_ns_ = 0;  // Runs stay on the caller until then
   int64_t on_caller_ns_ = 0;        // the length of that stretch
   // Touched only by a thread about to sleep and by whoever has to wake it: the lock and
