@@ -71,6 +71,20 @@ class BenchCli(unittest.TestCase):
         self.assertNotIn("core round trip", r.stdout)
         self.assertIn("1 threads", r.stdout)
 
+    def test_two_threads_on_one_cpu_run_on_the_caller(self):
+        # Both threads of the pool on one CPU (as when another process holds the other): the
+        # pool notices its worker starting late on the caller's CPU and runs its jobs on the
+        # caller alone, and bench says how many fork-joins did.
+        r = subprocess.run([TESSERA, "bench", "--synthetic", "smollm2-135m", "--layers", "2",
+                            "-p", "8", "-n", "60", "-t", "2"], capture_output=True, text=True,
+                           timeout=300, preexec_fn=lambda: os.sched_setaffinity(0, {min(
+                               os.sched_getaffinity(0))}))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        (on_caller, runs) = figure(r"^threads\s+([0-9]+) of ([0-9]+) fork-joins ran on the "
+                                   r"calling thread alone", r.stdout)
+        self.assertGreater(on_caller, runs / 2, r.stdout)
+        self.assertLessEqual(on_caller, runs)
+
     def test_bad_options_are_clear_errors(self):
         r = bench("--synthetic", "smollm2-135m", "--layers", "1", "-n", "0")
         self.assertEqual(r.returncode, 1)
