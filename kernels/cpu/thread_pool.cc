@@ -85,7 +85,7 @@ void ThreadPool::Run(const std::function<void(int, int)>& fn) {
     return;
   }
   const bool back_to_back = start - last_end_ns_ < kBackToBackNs;
-  RunOnThreads(fn);
+  RunOnThreads(fn, start);
   const int late = late_starts_.exchange(0, std::memory_order_relaxed);
   last_end_ns_ = NowNs();
   if (!back_to_back) return;
@@ -114,14 +114,14 @@ void ThreadPool::RunConcurrently(const std::function<void(int, int)>& fn) {
     fn(0, 1);
     return;
   }
-  RunOnThreads(fn);
+  RunOnThreads(fn, NowNs());
   late_starts_.store(0, std::memory_order_relaxed);
   last_end_ns_ = NowNs();
 }
 
-void ThreadPool::RunOnThreads(const std::function<void(int, int)>& fn) {
+void ThreadPool::RunOnThreads(const std::function<void(int, int)>& fn, int64_t now_ns) {
   job_ = &fn;  // no worker reads it until the generation below changes
-  publish_ns_ = NowNs();
+  publish_ns_ = now_ns;
   publish_cpu_ = sched_getcpu();
   pending_.store(n_threads_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes job_ and pending_

@@ -11,10 +11,9 @@
 // OS puts a worker on the caller's core), each Run would wait out a spin budget twice: the
 // caller's while the worker cannot run, then the worker's while the caller cannot. The pool
 // notices workers that start late, on the caller's CPU, on back-to-back Runs and then runs
-// the jobs on the caller
-// alone, one index after another, for a while before it tries the workers again (on a 2-CPU
-// VM with one CPU taken, SmolLM2's decode on 2 threads went from 84 to 175-200 tokens/s, what
-// 1 thread gives).
+// the jobs on the caller alone, one index after another, for a while before it tries the
+// workers again (on a 2-CPU VM with one CPU taken, SmolLM2's decode on 2 threads went from 84
+// to 212-214 tokens/s; 1 thread gives 224).
 //
 // Thread-safety: Run() may be called from one thread at a time (the pool is owned by one
 // engine); it is not re-entrant. fn must not throw.
@@ -64,7 +63,8 @@ class ThreadPool {
 
  private:
   void WorkerLoop(int index);
-  void RunOnThreads(const std::function<void(int, int)>& fn);
+  // Publishes fn (at now_ns, steady clock) to the workers, runs index 0 and waits.
+  void RunOnThreads(const std::function<void(int, int)>& fn, int64_t now_ns);
 
   const int n_threads_;
   std::vector<std::thread> workers_;
