@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -39,6 +40,12 @@ constexpr int64_t kMaxChunkBytes = 512 * 1024;
 // tiled one on rows converted from stripes 195 at 32 and 246-251 at 128. (Striped Q4_K and
 // Q5_K keep their kernels: 250-315 GFLOP/s at every batch, as fast as the tiled one.)
 constexpr int64_t kStripeKMaxBatch = 48;
+
+// Batches from which the threads quantize the activation rows themselves, inside the product's
+// fork-join, rather than the caller alone before it. SmolLM2 at 16 sequences: the caller spent
+// 9-16 us of each product's ~90 us reading the rows the other core had written and quantizing
+// them (bench/RESULTS.md, 2026-12-07, fifth session).
+constexpr int64_t kParallelQuantizeMinBatch = 4;
 
 // Kernel for `type` on `isa`, falling back to the next lower instruction set.
 RowDotFn FindRowDot(GgmlType type, CpuIsa isa) {
@@ -196,6 +203,39 @@ struct ProductPlan {
   int64_t chunk_rows;  // rows per claim (RowRanges)
 };
 
+// What a thread does while it waits for another.
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// Packs a claim cursor's front and back row.
+uint64_t PackCursor(int64_t front, int64_t back) {
+  return static_cast<uint64_t>(front) << 32 | static_cast<uint64_t>(back);
+}
+
+// The next chunk of at most n rows from the front or the back of a cursor's rows; a back chunk
+// starts on the multiple of `granule` at or after back - n. False when none are left.
+bool ClaimRows(std::atomic<uint64_t>& cursor, int64_t n, int64_t granule, bool front,
+               int64_t* begin, int64_t* end) {
+  uint64_t now = cursor.load(std::memory_order_relaxed);
+  for (;;) {
+    const auto f = static_cast<int64_t>(now >> 32);
+    const auto b = static_cast<int64_t>(now & 0xFFFFFFFFu);
+    if (f >= b) return false;
+    const int64_t nf = front ? std::min(b, f + n) : f;
+    const int64_t nb = front ? b : std::max(f, (b - n + granule - 1) / granule * granule);
+    if (cursor.compare_exchange_weak(now, PackCursor(nf, nb), std::memory_order_relaxed)) {
+      *begin = front ? f : nb;
+      *end = front ? nf : b;
+      return true;
+    }
+  }
+}
+
 // How the rows of a call's products are shared out. Each product's rows are cut into one
 // contiguous range per thread (edges on multiples of 16 rows: outputs of different threads meet
 // only at 64-byte lines of y). A thread claims chunk_rows at a time from the front of its own
@@ -209,51 +249,53 @@ struct ProductPlan {
 // cores.
 class RowRanges {
  public:
-  // lines: n_threads of them.
-  RowRanges(const ProductPlan* plans, int n_products, int n_threads, RowCursorLine* lines)
+  // lines: n_threads of them. act_rows: the activation rows the threads quantize (0: none).
+  RowRanges(const ProductPlan* plans, int n_products, int n_threads, int64_t act_rows,
+            RowCursorLine* lines)
       : plans_(plans), n_threads_(n_threads), lines_(lines) {
     for (int t = 0; t < n_threads; ++t) {
       for (int i = 0; i < n_products; ++i) {
         const int64_t rows = plans[i].w->rows;
-        lines_[t].cursor[i].store(Pack(Edge(rows, t), Edge(rows, t + 1)),
+        lines_[t].cursor[i].store(PackCursor(Edge(rows, t, 16), Edge(rows, t + 1, 16)),
                                   std::memory_order_relaxed);
       }
+      lines_[t].act_cursor.store(PackCursor(Edge(act_rows, t, 1), Edge(act_rows, t + 1, 1)),
+                                 std::memory_order_relaxed);
+      lines_[t].act_done.store(0, std::memory_order_relaxed);
     }
   }
   // [*begin, *end): the next chunk from the front (ClaimFront) or the back (ClaimBack) of
-  // thread t's range of product i; false when nothing is left of it.
+  // thread t's range of product i; false when nothing is left of it. Front chunks start on
+  // multiples of 16 (so does every range), and so do back chunks (b may be the matrix's last
+  // row + 1).
   bool ClaimFront(int i, int t, int64_t* begin, int64_t* end) {
-    return Claim(i, t, /*front=*/true, begin, end);
+    return ClaimRows(lines_[t].cursor[i], plans_[i].chunk_rows, 16, /*front=*/true, begin, end);
   }
   bool ClaimBack(int i, int t, int64_t* begin, int64_t* end) {
-    return Claim(i, t, /*front=*/false, begin, end);
+    return ClaimRows(lines_[t].cursor[i], plans_[i].chunk_rows, 16, /*front=*/false, begin,
+                     end);
+  }
+  // The same over thread t's activation rows, one at a time.
+  bool ClaimActivation(int t, bool front, int64_t* row) {
+    int64_t end;
+    return ClaimRows(lines_[t].act_cursor, 1, 1, front, row, &end);
+  }
+  // Counts activation rows that thread t has quantized (release: their bytes are written).
+  void ActivationsDone(int t, int64_t rows) {
+    lines_[t].act_done.fetch_add(rows, std::memory_order_release);
+  }
+  // Activation rows quantized so far, by all threads.
+  int64_t ActivationsDoneByAll() const {
+    int64_t done = 0;
+    for (int t = 0; t < n_threads_; ++t) {
+      done += lines_[t].act_done.load(std::memory_order_acquire);
+    }
+    return done;
   }
 
  private:
-  int64_t Edge(int64_t rows, int t) const {
-    return std::min(rows, (rows * t / n_threads_ + 15) / 16 * 16);
-  }
-  static uint64_t Pack(int64_t front, int64_t back) {
-    return static_cast<uint64_t>(front) << 32 | static_cast<uint64_t>(back);
-  }
-  bool Claim(int i, int t, bool front, int64_t* begin, int64_t* end) {
-    std::atomic<uint64_t>& cursor = lines_[t].cursor[i];
-    const int64_t n = plans_[i].chunk_rows;  // a multiple of 16
-    uint64_t now = cursor.load(std::memory_order_relaxed);
-    for (;;) {
-      const auto f = static_cast<int64_t>(now >> 32);
-      const auto b = static_cast<int64_t>(now & 0xFFFFFFFFu);
-      if (f >= b) return false;
-      // Front chunks start on multiples of 16 (so does every range); a back chunk starts on
-      // the multiple of 16 at or after b - n (b may be the matrix's last row + 1).
-      const int64_t nf = front ? std::min(b, f + n) : f;
-      const int64_t nb = front ? b : std::max(f, (b - n + 15) / 16 * 16);
-      if (cursor.compare_exchange_weak(now, Pack(nf, nb), std::memory_order_relaxed)) {
-        *begin = front ? f : nb;
-        *end = front ? nf : b;
-        return true;
-      }
-    }
+  int64_t Edge(int64_t rows, int t, int64_t granule) const {
+    return std::min(rows, (rows * t / n_threads_ + granule - 1) / granule * granule);
   }
 
   const ProductPlan* plans_;
@@ -429,6 +471,16 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
     total += (n_batch * ActRowBytes(f, cols) + 63) / 64 * 64;
     if (need_panels[fi]) total += panel_bytes(f);
   }
+  // A batch without panels has its rows quantized by the threads of the product's fork-join,
+  // each its own share first (the rows the caller and the other core wrote would otherwise all
+  // cross to the caller, and the quantized ones back). The tiled kernels' panels are packed
+  // from all the rows, by the caller.
+  bool any_panels = false;
+  for (bool p : need_panels) any_panels = any_panels || p;
+  const bool avx2 = options.isa != CpuIsa::kScalar;
+  const int64_t threads_quantize =
+      n_threads > 1 && n_batch >= kParallelQuantizeMinBatch && !any_panels ? n_batch : 0;
+  uint8_t* format_rows[3] = {};
   if (total > 0) {
     scratch->activations.resize(static_cast<size_t>(total + 64));
     uint8_t* base = scratch->activations.data();
@@ -437,8 +489,9 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
       const int fi = static_cast<int>(f);
       if (!need_rows[fi]) continue;
       uint8_t* rows = base + offset[fi];
+      format_rows[fi] = rows;
       const int64_t stride = ActRowBytes(f, cols);
-      QuantizeActivations(f, options.isa != CpuIsa::kScalar, x, n_batch, cols, rows);
+      if (threads_quantize == 0) QuantizeActivations(f, avx2, x, n_batch, cols, rows);
       uint8_t* panels = rows + (n_batch * stride + 63) / 64 * 64;
       if (need_panels[fi]) {
         if (f == ActFormat::kBlock32) {
@@ -459,9 +512,33 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
     scratch->cursor_lines = std::make_unique<RowCursorLine[]>(static_cast<size_t>(n_threads));
     scratch->n_cursor_lines = n_threads;
   }
-  RowRanges ranges(plans, n_products, n_threads, scratch->cursor_lines.get());
+  RowRanges ranges(plans, n_products, n_threads, threads_quantize, scratch->cursor_lines.get());
+  // Activation row b in every needed format; then counted as done by `thread`.
+  auto quantize_row = [&](int thread, int64_t b) {
+    for (ActFormat f : kQuantizedFormats) {
+      const int fi = static_cast<int>(f);
+      if (!need_rows[fi]) continue;
+      QuantizeActivations(f, avx2, x + b * cols, 1, cols,
+                          format_rows[fi] + b * ActRowBytes(f, cols));
+    }
+    ranges.ActivationsDone(thread, 1);
+  };
   auto work = [&](int thread, int /*n_threads*/) {
     if (thread >= n_threads) return;  // the pool went back to its workers since
+    if (threads_quantize > 0) {
+      // Own activation rows, then the others' from their backs; then wait for rows another
+      // thread has claimed and is still quantizing. Every claimed row is on a running thread
+      // (a pool that runs the indices one after another has the first claim them all), so the
+      // wait ends.
+      int64_t b;
+      while (ranges.ClaimActivation(thread, /*front=*/true, &b)) quantize_row(thread, b);
+      for (int v = 1; v < n_threads; ++v) {
+        while (ranges.ClaimActivation((thread + v) % n_threads, /*front=*/false, &b)) {
+          quantize_row(thread, b);
+        }
+      }
+      while (ranges.ActivationsDoneByAll() < threads_quantize) CpuRelax();
+    }
     int64_t begin, end;
     // This thread's own ranges, front to back, product by product; then what is left of the
     // others', from their backs.

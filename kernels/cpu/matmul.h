@@ -3,8 +3,9 @@
 //   y (n_batch, w.rows) = x (n_batch, w.cols) * W^T      (W stored quantized, never dequantized)
 //
 // The activations are first quantized to 8-bit blocks (kernels/cpu/act_quant.h: per-32 blocks
-// for Q4_0..Q8_0, per-256 super-blocks with per-16 sums for the k-quants), then every weight
-// row is dotted with every activation row using integer SIMD on the stored blocks. Threads take
+// for Q4_0..Q8_0, per-256 super-blocks with per-16 sums for the k-quants; a batch's rows by the
+// threads of the product, each its share), then every weight row is dotted with every
+// activation row using integer SIMD on the stored blocks. Threads take
 // contiguous chunks of weight rows from a shared counter and use each row (a small tile of
 // rows, cached) for the whole batch, so a small-batch product costs one pass over the weights:
 // it is memory-bound, and its speed is reported as weight GB/s (bench/kernel_bench.cc).
@@ -49,11 +50,15 @@ bool MatMulSupports(GgmlType type);
 // The most products one MatMulQMany call takes.
 inline constexpr int kMaxMatMulProducts = 8;
 
-// One thread's claim cursors over the rows of a call's products (matmul.cc's RowRanges), a
-// cache line per thread: a thread claims its chunks on its own line, which another thread
-// touches only to initialize it and, at the end, to take what is left.
+// One thread's claim cursors over the rows of a call's products (matmul.cc's RowRanges), on
+// cache lines of their own: a thread claims its chunks on its own lines, which another thread
+// touches only to initialize them and, at the end, to take what is left. A batch's activation
+// rows are shared out the same way (act_cursor), and act_done counts those this thread has
+// quantized.
 struct alignas(64) RowCursorLine {
   std::atomic<uint64_t> cursor[kMaxMatMulProducts];
+  std::atomic<uint64_t> act_cursor;
+  std::atomic<int64_t> act_done;
 };
 
 // Reusable buffers for the quantized activations (n_batch rows, 64-byte aligned inside the
