@@ -81,17 +81,40 @@ static_assert(Striped<Q4_1>::kUnitBytes == 320 && Striped<Q4_1>::kFieldOffset ==
 static_assert(Striped<Q8_0>::kUnitBytes == 544 && Striped<Q8_0>::kCodeBytes == 512,
               "interleave.h sizes");
 
+// The canonical term of one block and its addition to the chain: acc + (scale * dot + off),
+// scale = fl(d_w * d_a) and off = fl(off_w * ds) already rounded.
+template <bool kOffset>
+__m512 AddTerm(__m512 acc, __m512 scale, __m512i dot, __m512 off) {
+  __m512 t = Ops512::Opaque(_mm512_mul_ps(scale, Ops512::Cvt(dot)));
+  if constexpr (kOffset) t = _mm512_add_ps(t, off);
+  return _mm512_add_ps(acc, t);
+}
+
 // One stripe against NB sequences: y[b * y_stride + i] for rows i < 16, b < NB.
+//
+// With fewer than 4 sequences (memory-bound) a unit is read in address order, its codes and then
+// its scale fields, and its float step (AddTerm) runs one unit late, after the next unit's
+// integer dots. One core streamed Q8_0 at ~0.7 of its plain read bandwidth with the fields
+// read first (where the compiler put them) or with the step on time, ~1.0 with both changes
+// (a single-core model of this loop, medians of 30 alternating passes, 2026-12-07, fifth
+// session). The chain starts with a step of zeros, which adds +0 to +0: the same bits.
 template <typename S, int NB>
 void StripeSeqs(const uint8_t* stripe, int64_t n_blocks, const ActRow32* a, float* y,
                 int64_t y_stride, bool prefetch) {
   using F = typename S::Block;
   constexpr bool kOffset = F::kOffsetFactor != 0.0f;
+  constexpr bool kLate = NB < 4;
   alignas(64) float chains[kSumChains][NB][16];
   const uint8_t* unit = stripe;
   for (int c = 0; c < kSumChains; ++c) {
     __m512 acc[NB];
-    for (int b = 0; b < NB; ++b) acc[b] = _mm512_setzero_ps();
+    // The previous unit's dots and factors (kLate).
+    __m512i late_dot[NB];
+    __m512 late_scale[NB], late_off[NB];
+    for (int b = 0; b < NB; ++b) {
+      acc[b] = late_scale[b] = late_off[b] = _mm512_setzero_ps();
+      late_dot[b] = _mm512_setzero_si512();
+    }
     for (int64_t k = c; k < n_blocks; k += kSumChains, unit += S::kUnitBytes) {
       if (prefetch) {
         for (int o = 0; o < S::kUnitBytes; o += 64) {
@@ -100,6 +123,33 @@ void StripeSeqs(const uint8_t* stripe, int64_t n_blocks, const ActRow32* a, floa
       }
       __m512i codes[8];  // group g: elements 4 g .. 4 g + 3 of the 16 rows
       S::Groups(unit, codes);
+      // Sequence b's exact block dots of the 16 rows.
+      auto dot_of = [&](int b) {
+        const int8_t* q = a[b].qs + 32 * k;
+        // The code bias comes back exactly: F::kCodeBias * sum(a) of the block.
+        const __m512i seed = F::kCodeBias != 0 ? _mm512_set1_epi32(-F::kCodeBias * a[b].sum[k])
+                                               : _mm512_setzero_si512();
+        if constexpr (NB < 4) {
+          // Two chains of vpdpbusd: with few sequences the latency of one would show.
+          __m512i d0 = seed, d1 = _mm512_setzero_si512();
+          for (int g = 0; g < 8; g += 2) {
+            d0 = Ops512::DotB(d0, codes[g], q + 4 * g);
+            d1 = Ops512::DotB(d1, codes[g + 1], q + 4 * g + 4);
+          }
+          return _mm512_add_epi32(d0, d1);
+        } else {
+          __m512i dot = seed;
+          for (int g = 0; g < 8; ++g) dot = Ops512::DotB(dot, codes[g], q + 4 * g);
+          return dot;
+        }
+      };
+      __m512i dots[NB];
+      if constexpr (kLate) {
+        for (int b = 0; b < NB; ++b) dots[b] = dot_of(b);
+        // The unit's scale fields are read after its codes, in the order of their addresses
+        // (the compiler would hoist them; see above).
+        __asm__ volatile("" ::: "memory");
+      }
       const __m512 dw = _mm512_cvtph_ps(Load256(unit + S::kCodeBytes));
       __m512 off = _mm512_setzero_ps();
       if constexpr (kOffset) {
@@ -108,33 +158,33 @@ void StripeSeqs(const uint8_t* stripe, int64_t n_blocks, const ActRow32* a, floa
                             _mm512_cvtph_ps(Load256(unit + S::kFieldOffset)));
       }
       for (int b = 0; b < NB; ++b) {
-        const int8_t* q = a[b].qs + 32 * k;
-        // The code bias comes back exactly: F::kCodeBias * sum(a) of the block.
-        const __m512i seed = F::kCodeBias != 0 ? _mm512_set1_epi32(-F::kCodeBias * a[b].sum[k])
-                                               : _mm512_setzero_si512();
         __m512i dot;
-        if constexpr (NB < 4) {
-          // Two chains of vpdpbusd: with few sequences the latency of one would show.
-          __m512i d0 = seed, d1 = _mm512_setzero_si512();
-          for (int g = 0; g < 8; g += 2) {
-            d0 = Ops512::DotB(d0, codes[g], q + 4 * g);
-            d1 = Ops512::DotB(d1, codes[g + 1], q + 4 * g + 4);
-          }
-          dot = _mm512_add_epi32(d0, d1);
+        if constexpr (kLate) {
+          dot = dots[b];
         } else {
-          dot = seed;
-          for (int g = 0; g < 8; ++g) dot = Ops512::DotB(dot, codes[g], q + 4 * g);
+          dot = dot_of(b);
         }
-        const __m512 da = _mm512_set1_ps(a[b].d[k]);
-        __m512 t = Ops512::Opaque(
-            _mm512_mul_ps(Ops512::Opaque(_mm512_mul_ps(dw, da)), Ops512::Cvt(dot)));
+        const __m512 scale = Ops512::Opaque(_mm512_mul_ps(dw, _mm512_set1_ps(a[b].d[k])));
+        __m512 off_term = _mm512_setzero_ps();
         if constexpr (kOffset) {
-          t = _mm512_add_ps(t, Ops512::Opaque(_mm512_mul_ps(off, _mm512_set1_ps(a[b].ds[k]))));
+          off_term = Ops512::Opaque(_mm512_mul_ps(off, _mm512_set1_ps(a[b].ds[k])));
         }
-        acc[b] = _mm512_add_ps(acc[b], t);
+        if constexpr (kLate) {
+          acc[b] = AddTerm<kOffset>(acc[b], late_scale[b], late_dot[b], late_off[b]);
+          late_dot[b] = dot;
+          late_scale[b] = scale;
+          late_off[b] = off_term;
+        } else {
+          acc[b] = AddTerm<kOffset>(acc[b], scale, dot, off_term);
+        }
       }
     }
-    for (int b = 0; b < NB; ++b) _mm512_store_ps(chains[c][b], acc[b]);
+    for (int b = 0; b < NB; ++b) {
+      if constexpr (kLate) {
+        acc[b] = AddTerm<kOffset>(acc[b], late_scale[b], late_dot[b], late_off[b]);
+      }
+      _mm512_store_ps(chains[c][b], acc[b]);
+    }
   }
   for (int b = 0; b < NB; ++b) {
     auto at = [&](int c) { return _mm512_load_ps(chains[c][b]); };
