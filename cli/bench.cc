@@ -20,6 +20,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/types/span.h"
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -28,6 +29,7 @@
 #include "kernels/status_macros.h"
 #include "model/engine.h"
 #include "model/presets.h"
+#include "model/sampler.h"
 #include "model/weights.h"
 #if TESSERA_HAVE_CUDA
 #include "kernels/cuda/cuda_backend.h"
@@ -202,10 +204,9 @@ absl::StatusOr<BenchFigures> Measure(const WeightSource& weights, Backend* backe
     do {
       TESSERA_RETURN_IF_ERROR(engine->Step(step, &logits));
       for (int64_t b = 0; b < batch; ++b) {
+        // Greedy, as the sampler's (the first largest logit).
         step[b].tokens[0] = static_cast<int32_t>(
-            std::max_element(logits.begin() + b * c.n_vocab,
-                             logits.begin() + (b + 1) * c.n_vocab) -
-            (logits.begin() + b * c.n_vocab));
+            ScanLogits(absl::MakeConstSpan(logits.data() + b * c.n_vocab, c.n_vocab)).argmax);
       }
       stretch_bytes += f.weight_bytes + batch * (prompt + i + 1) * kv_bytes_per_pos;
       ++i;

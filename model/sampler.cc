@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 #include <limits>
 #include <string>
 
@@ -116,6 +117,72 @@ Key NucleusCutoff(absl::Span<const float> logits, absl::Span<const double> w, do
     if (cumulative / z >= top_p) return k;
   }
   return bin.back();  // the bin's own sum rounded differently from its tokens' running sum
+}
+
+
+constexpr int kScanLanes = 16;
+// GCC vector types (split into AVX2 or SSE registers by the clones without AVX-512).
+typedef float FloatLanes __attribute__((vector_size(4 * kScanLanes)));
+typedef int32_t IntLanes __attribute__((vector_size(4 * kScanLanes)));
+typedef uint64_t WordLanes __attribute__((vector_size(4 * kScanLanes)));
+
+// (By pointer and inlined: a 64-byte vector passed by value would change the ABI between the
+// clones.)
+inline __attribute__((always_inline)) void LoadLanes(const float* v, FloatLanes* x) {
+  std::memcpy(x, v, sizeof *x);
+}
+
+inline __attribute__((always_inline)) bool AnyLane(const IntLanes* mask) {
+  WordLanes w;
+  std::memcpy(&w, mask, sizeof w);
+  uint64_t any = 0;
+  for (int j = 0; j < kScanLanes / 2; ++j) any |= w[j];
+  return any != 0;
+}
+
+// The largest of v[0, n) (-inf if none) and whether any is NaN or +inf: per lane the larger of
+// its elements (the first of equal ones, which compare equal: +0 and -0 too), then across lanes.
+__attribute__((target_clones("avx512f", "avx2", "default"))) float MaxOfRow(const float* v,
+                                                                              int64_t n,
+                                                                              bool* bad) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  FloatLanes m = neg_inf - FloatLanes{};
+  IntLanes b = {};
+  int64_t i = 0;
+  for (; i + kScanLanes <= n; i += kScanLanes) {
+    FloatLanes x;
+    LoadLanes(v + i, &x);
+    m = x > m ? x : m;
+    b |= ~(x <= kMaxFloat);
+  }
+  float max = neg_inf;
+  bool any_bad = AnyLane(&b);
+  for (int j = 0; j < kScanLanes; ++j) max = m[j] > max ? m[j] : max;
+  for (; i < n; ++i) {
+    max = v[i] > max ? v[i] : max;
+    any_bad = any_bad || !(v[i] <= kMaxFloat);
+  }
+  *bad = any_bad;
+  return max;
+}
+
+// The first i with v[i] == x, or -1: a vector compare per 16 elements, then one by one in the
+// group that has it.
+__attribute__((target_clones("avx512f", "avx2", "default"))) int64_t FirstEqual(const float* v,
+                                                                                int64_t n,
+                                                                                float x) {
+  const FloatLanes target = x - FloatLanes{};
+  int64_t i = 0;
+  for (; i + kScanLanes <= n; i += kScanLanes) {
+    FloatLanes x;
+    LoadLanes(v + i, &x);
+    const IntLanes equal = x == target;
+    if (AnyLane(&equal)) break;
+  }
+  for (; i < n; ++i) {
+    if (v[i] == x) return i;
+  }
+  return -1;
 }
 
 }  // namespace
@@ -232,43 +299,54 @@ absl::Status Sampler::ReplayGeneratedToken(int32_t id) {
   return absl::OkStatus();
 }
 
+LogitScan ScanLogits(absl::Span<const float> logits) {
+  const auto n = static_cast<int64_t>(logits.size());
+  LogitScan scan;
+  bool bad = false;
+  scan.max = MaxOfRow(logits.data(), n, &bad);
+  if (bad) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (!(logits[i] <= kMaxFloat)) {
+        scan.first_bad = i;
+        break;
+      }
+    }
+    return scan;
+  }
+  if (scan.max > -std::numeric_limits<float>::infinity()) {
+    scan.argmax = FirstEqual(logits.data(), n, scan.max);
+  }
+  return scan;
+}
+
 absl::StatusOr<SampledToken> Sampler::Sample(absl::Span<const float> raw) {
   if (raw.size() != static_cast<size_t>(vocab_size_)) {
     return absl::InvalidArgumentError(
         absl::StrCat("sampler: got ", raw.size(), " logits, expected vocab_size=", vocab_size_));
   }
   // One pass: reject NaN / +inf (a model bug; they would poison the softmax) and find the max.
-  float raw_max = -std::numeric_limits<float>::infinity();
-  int32_t raw_argmax = -1;
-  for (size_t i = 0; i < raw.size(); ++i) {
-    const float v = raw[i];
-    if (!(v <= kMaxFloat)) {  // NaN or +inf; -inf passes
-      return absl::InvalidArgumentError(
-          absl::StrCat("sampler: logit of token ", i, " is ", std::isnan(v) ? "NaN" : "+inf"));
-    }
-    if (v > raw_max) {
-      raw_max = v;
-      raw_argmax = static_cast<int32_t>(i);
-    }
+  const LogitScan raw_scan = ScanLogits(raw);
+  if (raw_scan.first_bad >= 0) {
+    const float v = raw[static_cast<size_t>(raw_scan.first_bad)];
+    return absl::InvalidArgumentError(absl::StrCat("sampler: logit of token ", raw_scan.first_bad,
+                                                   " is ", std::isnan(v) ? "NaN" : "+inf"));
   }
-  if (raw_argmax < 0) {
+  if (raw_scan.argmax < 0) {
     return absl::InvalidArgumentError("sampler: every logit is -inf, no token can be chosen");
   }
+  const float raw_max = raw_scan.max;
 
   Scratch& scratch = ThreadScratch();
   absl::Span<const float> logits = raw;
   float max_logit = raw_max;
-  int32_t argmax = raw_argmax;
+  auto argmax = static_cast<int32_t>(raw_scan.argmax);
   if (HasPenalties()) {
     ApplyPenalties(raw, scratch.penalized);
     logits = scratch.penalized;
-    max_logit = -std::numeric_limits<float>::infinity();
-    for (size_t i = 0; i < logits.size(); ++i) {
-      if (logits[i] > max_logit) {
-        max_logit = logits[i];
-        argmax = static_cast<int32_t>(i);
-      }
-    }
+    // Penalties keep every logit finite or -inf (and the maximum's token finite).
+    const LogitScan scan = ScanLogits(logits);
+    max_logit = scan.max;
+    argmax = static_cast<int32_t>(scan.argmax);
   }
 
   int32_t chosen = argmax;

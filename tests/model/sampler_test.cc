@@ -15,6 +15,7 @@
 #include <limits>
 #include <numeric>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -333,6 +334,62 @@ TEST(Sampler, GreedyIsArgmaxWithLowestIdOnTies) {
   Sampler s = MakeSampler(p, 5);
   EXPECT_EQ(SampleId(s, {-1, 3, 2, 3, 3}), 1);
   EXPECT_EQ(SampleId(s, {-kInf, -kInf, -kInf, -7, -kInf}), 3);
+}
+
+// ScanLogits (vectorized) against the obvious loop: the first index whose value is larger than
+// all before it, the first NaN or +inf. Lengths around the 16-lane groups, ties, +0 and -0
+// (equal), -inf everywhere but one place, bad values in the groups and in the tail.
+TEST(ScanLogits, AgreesWithTheObviousLoop) {
+  auto reference = [](const std::vector<float>& v) {
+    LogitScan r;
+    r.max = -kInf;
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (!(v[i] <= std::numeric_limits<float>::max())) {
+        r.first_bad = static_cast<int64_t>(i);
+        return r;
+      }
+      if (v[i] > r.max) {
+        r.max = v[i];
+        r.argmax = static_cast<int64_t>(i);
+      }
+    }
+    return r;
+  };
+  auto check = [&](const std::vector<float>& v, const std::string& what) {
+    const LogitScan want = reference(v);
+    const LogitScan got = ScanLogits(v);
+    EXPECT_EQ(got.first_bad, want.first_bad) << what;
+    if (want.first_bad >= 0) return;
+    EXPECT_EQ(got.argmax, want.argmax) << what;
+    if (want.argmax >= 0) {
+      EXPECT_EQ(got.max, want.max) << what;
+    }
+  };
+  check({}, "empty");
+  TestRng rng(3);
+  for (size_t n : {1, 2, 15, 16, 17, 31, 32, 33, 100, 1000, 49152}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      std::vector<float> v(n);
+      // Coarse values so that the maximum is often tied; zeros of both signs.
+      for (float& x : v) {
+        x = static_cast<float>(rng.Below(9)) * 0.5f - 4.0f;
+        if (x == 0.0f && rng.Below(2) == 0) x = -0.0f;
+      }
+      const std::string what = "n " + std::to_string(n) + " trial " + std::to_string(trial);
+      check(v, what);
+      std::vector<float> zeros(n, rng.Below(2) == 0 ? 0.0f : -0.0f);
+      zeros[rng.Below(static_cast<int32_t>(n))] = trial % 2 == 0 ? 0.0f : -0.0f;
+      check(zeros, what + " zeros");
+      std::vector<float> masked(n, -kInf);
+      check(masked, what + " all -inf");
+      masked[rng.Below(static_cast<int32_t>(n))] = -1e30f;
+      check(masked, what + " one finite");
+      std::vector<float> bad = v;
+      bad[rng.Below(static_cast<int32_t>(n))] = trial % 2 == 0 ? std::nanf("") : kInf;
+      bad[rng.Below(static_cast<int32_t>(n))] = trial % 3 == 0 ? kInf : std::nanf("");
+      check(bad, what + " bad");
+    }
+  }
 }
 
 TEST(Sampler, AllButOneMaskedAlwaysPicksTheSurvivor) {
