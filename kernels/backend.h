@@ -111,6 +111,9 @@ class Backend {
   virtual KvType PreferredKvType() const { return KvType::kF32; }
   virtual absl::Status CopyToHost(const float* device, int64_t n_floats, float* host) = 0;
   virtual absl::Status CopyToDevice(const float* host, int64_t n_floats, float* device) = 0;
+  // Whether the ops may write host memory directly (the device is the host: the CPU backend), so
+  // a result the caller wants on the host needs no buffer and copy of its own.
+  virtual bool WritesHostMemory() const { return false; }
 
   // --- ops (errors only for bad shapes/types; kernels themselves do not fail)
   // out (n_tokens, dim) = rows `ids` of the table (n_vocab, dim), dequantized.

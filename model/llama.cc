@@ -271,11 +271,18 @@ absl::Status LlamaModel::Forward(const std::vector<SequenceStep>& batch,
   float* sel = sel_->data();
   TESSERA_RETURN_IF_ERROR(backend_->GatherRows(x, logit_rows.data(), S, c.n_embd, sel));
   TESSERA_RETURN_IF_ERROR(backend_->RmsNorm(sel, *output_norm_, S, eps, sel));
+  logits->resize(static_cast<size_t>(S * c.n_vocab));
+  if (hooks_ == &default_hooks_ && n_vocab_local_ == c.n_vocab) {
+    // The whole vocabulary in this process: the logits go straight to the caller's buffer (16
+    // sequences of SmolLM2 are 3 MiB a step, copied twice otherwise).
+    if (backend_->WritesHostMemory()) return backend_->MatMul(*output_, sel, S, logits->data());
+    TESSERA_RETURN_IF_ERROR(backend_->MatMul(*output_, sel, S, logits_->data()));
+    return backend_->CopyToHost(logits_->data(), S * c.n_vocab, logits->data());
+  }
   TESSERA_RETURN_IF_ERROR(backend_->MatMul(*output_, sel, S, logits_->data()));
   host_logits_.resize(static_cast<size_t>(S * n_vocab_local_));
   TESSERA_RETURN_IF_ERROR(
       backend_->CopyToHost(logits_->data(), S * n_vocab_local_, host_logits_.data()));
-  logits->resize(static_cast<size_t>(S * c.n_vocab));
   return hooks_->GatherLogits(host_logits_.data(), S, n_vocab_local_, c.n_vocab, logits->data());
 }
 

@@ -53,6 +53,7 @@ class CpuBackend final : public Backend {
   static KvType PreferredKvTypeFor(bool exact_matmul);
   absl::Status CopyToHost(const float* device, int64_t n_floats, float* host) override;
   absl::Status CopyToDevice(const float* host, int64_t n_floats, float* device) override;
+  bool WritesHostMemory() const override { return true; }
 
   absl::Status Embed(const Weight& table, const int32_t* ids, int64_t n_tokens,
                      float* out) override;
