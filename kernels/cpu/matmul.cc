@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -202,15 +201,6 @@ struct ProductPlan {
   int64_t tile_rows;   // rows per cached tile of the row-dot path
   int64_t chunk_rows;  // rows per claim (RowRanges)
 };
-
-// What a thread does while it waits for another.
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#else
-  std::this_thread::yield();
-#endif
-}
 
 // Packs a claim cursor's front and back row.
 uint64_t PackCursor(int64_t front, int64_t back) {
@@ -537,7 +527,7 @@ absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const fl
           quantize_row(thread, b);
         }
       }
-      while (ranges.ActivationsDoneByAll() < threads_quantize) CpuRelax();
+      while (ranges.ActivationsDoneByAll() < threads_quantize) ThreadPool::Relax();
     }
     int64_t begin, end;
     // This thread's own ranges, front to back, product by product; then what is left of the

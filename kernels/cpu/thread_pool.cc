@@ -5,13 +5,6 @@
 #include <algorithm>
 #include <chrono>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define TESSERA_CPU_RELAX() _mm_pause()
-#else
-#define TESSERA_CPU_RELAX() std::this_thread::yield()
-#endif
-
 namespace tessera {
 namespace {
 
@@ -49,7 +42,7 @@ bool SpinUntil(Pred pred) {
   const auto deadline = std::chrono::steady_clock::now() + kSpin;
   for (int i = 0;; ++i) {
     if (pred()) return true;
-    TESSERA_CPU_RELAX();
+    ThreadPool::Relax();
     if ((i & 63) == 63 && std::chrono::steady_clock::now() > deadline) return false;
   }
 }

@@ -56,6 +56,15 @@ class ThreadPool {
   int64_t runs() const { return runs_; }
   int64_t runs_on_caller() const { return runs_on_caller_; }
 
+  // What a thread does on each turn of a spin-wait for another (pause; elsewhere a yield).
+  static void Relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#else
+    std::this_thread::yield();
+#endif
+  }
+
   // [begin, end) of the i-th of n near-equal contiguous shares of [0, total). Share bounds are
   // multiples of `granule` except the final end (= total); the shares tile [0, total) exactly,
   // in order, and may be empty when there are fewer granules than shares.
