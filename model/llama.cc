@@ -171,7 +171,9 @@ absl::Status LlamaModel::EnsureBuffers(int64_t n_tokens, int64_t n_logit_rows) {
   }
   if (n_logit_rows > capacity_logit_rows_) {
     if (absl::Status s = grow(&sel_, n_logit_rows * c.n_embd); !s.ok()) return s;
-    if (absl::Status s = grow(&logits_, n_logit_rows * n_vocab_local_); !s.ok()) return s;
+    if (!(LogitsToCaller() && backend_->WritesHostMemory())) {
+      if (absl::Status s = grow(&logits_, n_logit_rows * n_vocab_local_); !s.ok()) return s;
+    }
     capacity_logit_rows_ = n_logit_rows;
   }
   return absl::OkStatus();
@@ -272,14 +274,13 @@ absl::Status LlamaModel::Forward(const std::vector<SequenceStep>& batch,
   TESSERA_RETURN_IF_ERROR(backend_->GatherRows(x, logit_rows.data(), S, c.n_embd, sel));
   TESSERA_RETURN_IF_ERROR(backend_->RmsNorm(sel, *output_norm_, S, eps, sel));
   logits->resize(static_cast<size_t>(S * c.n_vocab));
-  if (hooks_ == &default_hooks_ && n_vocab_local_ == c.n_vocab) {
-    // The whole vocabulary in this process: the logits go straight to the caller's buffer (16
-    // sequences of SmolLM2 are 3 MiB a step, copied twice otherwise).
-    if (backend_->WritesHostMemory()) return backend_->MatMul(*output_, sel, S, logits->data());
-    TESSERA_RETURN_IF_ERROR(backend_->MatMul(*output_, sel, S, logits_->data()));
-    return backend_->CopyToHost(logits_->data(), S * c.n_vocab, logits->data());
+  // The caller's buffer directly where it can be (16 sequences of SmolLM2 are 3 MiB a step,
+  // copied twice otherwise).
+  if (LogitsToCaller() && backend_->WritesHostMemory()) {
+    return backend_->MatMul(*output_, sel, S, logits->data());
   }
   TESSERA_RETURN_IF_ERROR(backend_->MatMul(*output_, sel, S, logits_->data()));
+  if (LogitsToCaller()) return backend_->CopyToHost(logits_->data(), S * c.n_vocab, logits->data());
   host_logits_.resize(static_cast<size_t>(S * n_vocab_local_));
   TESSERA_RETURN_IF_ERROR(
       backend_->CopyToHost(logits_->data(), S * n_vocab_local_, host_logits_.data()));

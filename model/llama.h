@@ -103,6 +103,11 @@ class LlamaModel {
       : config_(c), shard_(s), backend_(b), hooks_(h) {}
   absl::Status Load(const WeightSource& weights);
   absl::Status EnsureBuffers(int64_t n_tokens, int64_t n_logit_rows);
+  // The whole vocabulary in this process with the default hooks: the logits go straight to
+  // Forward's caller, and a backend that writes host memory needs no logits buffer of its own.
+  bool LogitsToCaller() const {
+    return hooks_ == &default_hooks_ && n_vocab_local_ == config_.n_vocab;
+  }
 
   ModelConfig config_;
   ModelShard shard_;
