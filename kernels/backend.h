@@ -136,6 +136,22 @@ class Backend {
     }
     return absl::OkStatus();
   }
+  // h = RmsNorm(x), then MatMuls of h: the same numbers as the two calls, and h (n_tokens,
+  // dim) is written too. A backend may fuse the norm into the products (the CPU backend
+  // normalizes each row where the products' threads quantize it).
+  virtual absl::Status RmsNormMatMuls(const float* x, const Weight& norm, int64_t n_tokens,
+                                      float eps, float* h, const MatMulOut* outs, int n_outs) {
+    if (absl::Status s = RmsNorm(x, norm, n_tokens, eps, h); !s.ok()) return s;
+    return MatMuls(h, n_tokens, outs, n_outs);
+  }
+  // y (n_tokens, w.rows) = (silu(gate) * up) W^T, gate and up (n_tokens, w.cols); gate is
+  // overwritten with silu(gate) * up. The same numbers as SwiGlu then MatMul, which is what the
+  // default does; a backend may fuse the two (the CPU backend, as RmsNormMatMuls).
+  virtual absl::Status SwiGluMatMul(const Weight& w, float* gate, const float* up,
+                                    int64_t n_tokens, float* y) {
+    if (absl::Status s = SwiGlu(gate, up, n_tokens * w.matrix().cols, gate); !s.ok()) return s;
+    return MatMul(w, gate, n_tokens, y);
+  }
   // y = x / sqrt(mean(x^2) + eps) * weight, per row of (n_tokens, dim). y may alias x.
   virtual absl::Status RmsNorm(const float* x, const Weight& weight, int64_t n_tokens, float eps,
                                float* y) = 0;

@@ -247,9 +247,8 @@ absl::Status LlamaModel::Forward(const std::vector<SequenceStep>& batch,
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Layer& L = layers_[i];
     // Attention block.
-    TESSERA_RETURN_IF_ERROR(backend_->RmsNorm(x, *L.attn_norm, T, eps, h));
     const Backend::MatMulOut qkv[] = {{L.wq.get(), q}, {L.wk.get(), k}, {L.wv.get(), v}};
-    TESSERA_RETURN_IF_ERROR(backend_->MatMuls(h, T, qkv, 3));
+    TESSERA_RETURN_IF_ERROR(backend_->RmsNormMatMuls(x, *L.attn_norm, T, eps, h, qkv, 3));
     TESSERA_RETURN_IF_ERROR(backend_->Rope(q, T, static_cast<int>(n_heads_), pos, rope_));
     TESSERA_RETURN_IF_ERROR(backend_->Rope(k, T, static_cast<int>(n_kv_heads_), pos, rope_));
     TESSERA_RETURN_IF_ERROR(
@@ -258,11 +257,9 @@ absl::Status LlamaModel::Forward(const std::vector<SequenceStep>& batch,
     TESSERA_RETURN_IF_ERROR(hooks_->AllReduceSum(proj, T * c.n_embd));
     TESSERA_RETURN_IF_ERROR(backend_->Add(x, proj, T * c.n_embd));
     // Feed-forward block.
-    TESSERA_RETURN_IF_ERROR(backend_->RmsNorm(x, *L.ffn_norm, T, eps, h));
     const Backend::MatMulOut gate_up[] = {{L.w_gate.get(), gate}, {L.w_up.get(), up}};
-    TESSERA_RETURN_IF_ERROR(backend_->MatMuls(h, T, gate_up, 2));
-    TESSERA_RETURN_IF_ERROR(backend_->SwiGlu(gate, up, T * n_ff_, gate));
-    TESSERA_RETURN_IF_ERROR(backend_->MatMul(*L.w_down, gate, T, proj));
+    TESSERA_RETURN_IF_ERROR(backend_->RmsNormMatMuls(x, *L.ffn_norm, T, eps, h, gate_up, 2));
+    TESSERA_RETURN_IF_ERROR(backend_->SwiGluMatMul(*L.w_down, gate, up, T, proj));
     TESSERA_RETURN_IF_ERROR(hooks_->AllReduceSum(proj, T * c.n_embd));
     TESSERA_RETURN_IF_ERROR(backend_->Add(x, proj, T * c.n_embd));
   }

@@ -328,26 +328,53 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) double SumSquares(c
   return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
 
-}  // namespace
+// One row of RmsNorm: y = x / sqrt(mean(x^2) + eps) * g (y may alias x).
+void RmsNormRow(const float* x, const float* g, int64_t dim, float eps, float* y) {
+  const double sum_sq = SumSquares(x, dim);
+  const float scale = static_cast<float>(1.0 / std::sqrt(sum_sq / dim + eps));
+  for (int64_t i = 0; i < dim; ++i) y[i] = x[i] * scale * g[i];
+}
 
-absl::Status CpuBackend::RmsNorm(const float* x, const Weight& weight, int64_t n_tokens,
-                                 float eps, float* y) {
+// The gains of an RMSNorm weight (F32, any shape: dim = rows * cols elements).
+absl::StatusOr<const float*> NormGains(const Weight& weight) {
   const QuantMatrix& m = weight.matrix();
   if (m.type != GgmlType::kF32) {
     return absl::InvalidArgumentError("RMSNorm weight must be F32");
   }
-  const float* g = static_cast<const float*>(m.data);
-  const int64_t dim = m.cols * m.rows;
+  return static_cast<const float*>(m.data);
+}
+
+}  // namespace
+
+absl::Status CpuBackend::RmsNorm(const float* x, const Weight& weight, int64_t n_tokens,
+                                 float eps, float* y) {
+  TESSERA_ASSIGN_OR_RETURN(const float* g, NormGains(weight));
+  const int64_t dim = weight.matrix().cols * weight.matrix().rows;
   ParallelFor(n_tokens, 1, 2, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const float* xr = x + t * dim;
-      float* yr = y + t * dim;
-      const double sum_sq = SumSquares(xr, dim);
-      const float scale = static_cast<float>(1.0 / std::sqrt(sum_sq / dim + eps));
-      for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * scale * g[i];
-    }
+    for (int64_t t = begin; t < end; ++t) RmsNormRow(x + t * dim, g, dim, eps, y + t * dim);
   });
   return absl::OkStatus();
+}
+
+absl::Status CpuBackend::RmsNormMatMuls(const float* x, const Weight& norm, int64_t n_tokens,
+                                        float eps, float* h, const MatMulOut* outs,
+                                        int n_outs) {
+  if (exact_matmul_ || n_outs < 1 || n_outs > kMaxMatMulProducts) {
+    return Backend::RmsNormMatMuls(x, norm, n_tokens, eps, h, outs, n_outs);
+  }
+  TESSERA_ASSIGN_OR_RETURN(const float* g, NormGains(norm));
+  const int64_t dim = norm.matrix().cols * norm.matrix().rows;
+  if (outs[0].w->matrix().cols != dim) {
+    return absl::InvalidArgumentError(absl::StrCat("RMSNorm of ", dim, " elements before a ",
+                                                   "product of ", outs[0].w->matrix().cols,
+                                                   " columns"));
+  }
+  MatMulProduct products[kMaxMatMulProducts];
+  for (int i = 0; i < n_outs; ++i) products[i] = {&outs[i].w->matrix(), outs[i].y};
+  auto norm_row = [&](int64_t t) { RmsNormRow(x + t * dim, g, dim, eps, h + t * dim); };
+  const PrepareRowFn prepare = norm_row;  // refers to norm_row, which outlives the call
+  return MatMulQMany(products, n_outs, h, n_tokens, &pool_, &scratch_, MatMulOptions(),
+                     &prepare);
 }
 
 absl::Status CpuBackend::Rope(float* x, int64_t n_tokens, int n_heads, const int32_t* positions,
@@ -419,6 +446,18 @@ absl::Status CpuBackend::SwiGlu(const float* gate, const float* up, int64_t n, f
     SwiGluSpan(gate + begin, up + begin, end - begin, out + begin);
   });
   return absl::OkStatus();
+}
+
+absl::Status CpuBackend::SwiGluMatMul(const Weight& w, float* gate, const float* up,
+                                      int64_t n_tokens, float* y) {
+  if (exact_matmul_) return Backend::SwiGluMatMul(w, gate, up, n_tokens, y);
+  const int64_t cols = w.matrix().cols;
+  auto swiglu_row = [&](int64_t t) {
+    SwiGluSpan(gate + t * cols, up + t * cols, cols, gate + t * cols);
+  };
+  const PrepareRowFn prepare = swiglu_row;
+  const MatMulProduct product{&w.matrix(), y};
+  return MatMulQMany(&product, 1, gate, n_tokens, &pool_, &scratch_, MatMulOptions(), &prepare);
 }
 
 absl::Status CpuBackend::GatherRows(const float* src, const int32_t* rows, int64_t n_rows,

@@ -25,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/tensor.h"
@@ -108,13 +109,23 @@ struct MatMulProduct {
   float* y;
 };
 
+// Writes row `row` of a product's input x: the elementwise op that makes the input (the
+// layer's RMSNorm, the FFN's SwiGLU) fused into the product (MatMulQMany's `prepare`).
+using PrepareRowFn = absl::FunctionRef<void(int64_t row)>;
+
 // Several products of the same x (n_batch, cols), e.g. a layer's Q, K and V projections: the
 // same results, bit for bit, as MatMulQ on each, but x is quantized once per activation format
 // and all weight rows are shared out in one pass of the pool (one fork-join instead of one per
 // product). Every w must have `cols` columns; errors as MatMulQ's, naming the product.
+// With `prepare`, row b of x is first written by prepare(b), once per row, on whichever of the
+// product's threads quantizes it (each its share inside the fork-join where the threads
+// quantize, the pool's threads before it otherwise): the op before the product costs no pass
+// and no fork-join of its own, and the row is quantized while it is in the core's cache. The
+// results are those of calling prepare on every row and then MatMulQMany without it.
 absl::Status MatMulQMany(const MatMulProduct* products, int n_products, const float* x,
                          int64_t n_batch, ThreadPool* pool, MatMulScratch* scratch,
-                         const MatMulOptions& options = MatMulOptions());
+                         const MatMulOptions& options = MatMulOptions(),
+                         const PrepareRowFn* prepare = nullptr);
 
 }  // namespace tessera
 

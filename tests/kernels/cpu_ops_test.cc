@@ -1,8 +1,10 @@
 // CpuBackend's elementwise ops against float64 references: the polynomial exp (exp_poly.h) of
 // SwiGLU and the attention softmax, SwiGLU itself, and RoPE (its per-step cos/sin table, which
-// must follow the positions from call to call).
+// must follow the positions from call to call). And the fused RMSNorm -> products and SwiGLU ->
+// product (RmsNormMatMuls, SwiGluMatMul) against the separate ops, bit for bit.
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -10,6 +12,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/exp_poly.h"
+#include "kernels/quant/types.h"
 
 namespace tessera {
 namespace {
@@ -112,6 +115,88 @@ TEST(CpuRopeTest, FollowsThePositionsFromCallToCall) {
     for (size_t i = 0; i < x.size(); ++i) {
       ASSERT_NEAR(x[i], want[i], 1e-5 + 1e-5 * std::abs(want[i]))
           << "element " << i << " of the call at position " << c.pos[0] << ", base " << c.base;
+    }
+  }
+}
+
+// A backend weight of `rows` x `cols` random values through the type's reference quantizer
+// (F32: the values themselves).
+std::unique_ptr<Weight> RandomWeight(CpuBackend* backend, GgmlType type, int64_t rows,
+                                     int64_t cols, std::mt19937* rng,
+                                     std::vector<std::vector<uint8_t>>* keep) {
+  const QuantTraits* traits = FindQuantTraits(type);
+  const int64_t row_bytes = *RowBytes(*traits, cols);
+  keep->emplace_back(static_cast<size_t>(rows * row_bytes));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> row(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (float& v : row) v = normal(*rng);
+    traits->quantize_ref(row.data(), keep->back().data() + r * row_bytes, cols);
+  }
+  QuantMatrix m;
+  m.type = type;
+  m.rows = rows;
+  m.cols = cols;
+  m.row_bytes = row_bytes;
+  m.data = keep->back().data();
+  absl::StatusOr<std::unique_ptr<Weight>> w = backend->LoadWeight(m);
+  EXPECT_TRUE(w.ok()) << w.status();
+  return w.ok() ? *std::move(w) : nullptr;
+}
+
+// Every batch size class (one row, the caller's quantization, the threads', the tiled panels)
+// on one and two threads, with the backend's own weight layout and with GGUF rows in place.
+TEST(CpuFusedOpsTest, SameBitsAsTheSeparateOps) {
+  constexpr int64_t kDim = 256, kFf = 512;
+  for (const GgmlType type : {GgmlType::kQ4_1, GgmlType::kQ8_0, GgmlType::kQ4_K,
+                              GgmlType::kF32}) {
+    for (const bool copy_weights : {true, false}) {
+      for (const int threads : {1, 2}) {
+        CpuBackend backend(threads, /*exact_matmul=*/false, copy_weights);
+        std::mt19937 rng(11);
+        std::vector<std::vector<uint8_t>> keep;
+        std::unique_ptr<Weight> norm =
+            RandomWeight(&backend, GgmlType::kF32, 1, kDim, &rng, &keep);
+        std::unique_ptr<Weight> gate_w = RandomWeight(&backend, type, kFf, kDim, &rng, &keep);
+        std::unique_ptr<Weight> up_w = RandomWeight(&backend, type, kFf, kDim, &rng, &keep);
+        std::unique_ptr<Weight> down_w = RandomWeight(&backend, type, kDim, kFf, &rng, &keep);
+        ASSERT_TRUE(norm && gate_w && up_w && down_w);
+        for (const int64_t batch : {1, 3, 5, 16, 40}) {
+          SCOPED_TRACE(testing::Message() << GgmlTypeName(type) << (copy_weights ? "" : " in place")
+                                          << ", " << threads << " threads, batch " << batch);
+          std::normal_distribution<float> normal(0.0f, 3.0f);
+          std::vector<float> x(static_cast<size_t>(batch * kDim));
+          for (float& v : x) v = normal(rng);
+          // Separate ops.
+          std::vector<float> h(x.size()), gate(static_cast<size_t>(batch * kFf)), up(gate.size());
+          std::vector<float> y(x.size());
+          const Backend::MatMulOut outs[] = {{gate_w.get(), gate.data()}, {up_w.get(), up.data()}};
+          ASSERT_TRUE(backend.RmsNorm(x.data(), *norm, batch, 1e-5f, h.data()).ok());
+          ASSERT_TRUE(backend.MatMuls(h.data(), batch, outs, 2).ok());
+          std::vector<float> act(gate.size());
+          ASSERT_TRUE(backend.SwiGlu(gate.data(), up.data(), batch * kFf, act.data()).ok());
+          ASSERT_TRUE(backend.MatMul(*down_w, act.data(), batch, y.data()).ok());
+          // Fused.
+          std::vector<float> h2(x.size(), -1.0f), gate2(gate.size(), -1.0f), up2(up.size());
+          std::vector<float> y2(y.size(), -1.0f);
+          const Backend::MatMulOut outs2[] = {{gate_w.get(), gate2.data()},
+                                              {up_w.get(), up2.data()}};
+          ASSERT_TRUE(
+              backend.RmsNormMatMuls(x.data(), *norm, batch, 1e-5f, h2.data(), outs2, 2).ok());
+          EXPECT_EQ(h2, h);
+          EXPECT_EQ(gate2, gate);
+          EXPECT_EQ(up2, up);
+          ASSERT_TRUE(
+              backend.SwiGluMatMul(*down_w, gate2.data(), up2.data(), batch, y2.data()).ok());
+          EXPECT_EQ(gate2, act);  // gate is left holding silu(gate) * up
+          EXPECT_EQ(y2, y);
+        }
+        // A norm that does not match the products' columns is an error, not a misread.
+        std::vector<float> x(kFf), h(kFf), out(kFf);
+        const Backend::MatMulOut bad[] = {{down_w.get(), out.data()}};
+        const absl::Status s = backend.RmsNormMatMuls(x.data(), *norm, 1, 1e-5f, h.data(), bad, 1);
+        EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+      }
     }
   }
 }
