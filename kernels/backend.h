@@ -136,11 +136,17 @@ class Backend {
     }
     return absl::OkStatus();
   }
-  // h = RmsNorm(x), then MatMuls of h: the same numbers as the two calls, and h (n_tokens,
-  // dim) is written too. A backend may fuse the norm into the products (the CPU backend
+  // x += residual (the block's output added to the residual stream; none when null), then
+  // h = RmsNorm(x), then MatMuls of h: the same numbers as Add, RmsNorm and MatMuls, and x and
+  // h (n_tokens, dim) are written too. A backend may fuse them (the CPU backend adds and
   // normalizes each row where the products' threads quantize it).
-  virtual absl::Status RmsNormMatMuls(const float* x, const Weight& norm, int64_t n_tokens,
-                                      float eps, float* h, const MatMulOut* outs, int n_outs) {
+  virtual absl::Status AddRmsNormMatMuls(float* x, const float* residual, const Weight& norm,
+                                         int64_t n_tokens, float eps, float* h,
+                                         const MatMulOut* outs, int n_outs) {
+    const int64_t dim = norm.matrix().rows * norm.matrix().cols;
+    if (residual != nullptr) {
+      if (absl::Status s = Add(x, residual, n_tokens * dim); !s.ok()) return s;
+    }
     if (absl::Status s = RmsNorm(x, norm, n_tokens, eps, h); !s.ok()) return s;
     return MatMuls(h, n_tokens, outs, n_outs);
   }

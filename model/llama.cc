@@ -244,25 +244,30 @@ absl::Status LlamaModel::Forward(const std::vector<SequenceStep>& batch,
   } else {
     TESSERA_RETURN_IF_ERROR(hooks_->ReceiveHidden(x, T * c.n_embd));
   }
+  // The FFN output the residual stream x has still to add: each layer's attention norm adds
+  // the previous layer's (AddRmsNormMatMuls), and the last one is added after the layers.
+  const float* residual = nullptr;
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Layer& L = layers_[i];
     // Attention block.
     const Backend::MatMulOut qkv[] = {{L.wq.get(), q}, {L.wk.get(), k}, {L.wv.get(), v}};
-    TESSERA_RETURN_IF_ERROR(backend_->RmsNormMatMuls(x, *L.attn_norm, T, eps, h, qkv, 3));
+    TESSERA_RETURN_IF_ERROR(
+        backend_->AddRmsNormMatMuls(x, residual, *L.attn_norm, T, eps, h, qkv, 3));
     TESSERA_RETURN_IF_ERROR(backend_->Rope(q, T, static_cast<int>(n_heads_), pos, rope_));
     TESSERA_RETURN_IF_ERROR(backend_->Rope(k, T, static_cast<int>(n_kv_heads_), pos, rope_));
     TESSERA_RETURN_IF_ERROR(
         backend_->Attention(static_cast<int>(i), q, k, v, static_cast<int>(n_heads_), ab, att));
     TESSERA_RETURN_IF_ERROR(backend_->MatMul(*L.wo, att, T, proj));
     TESSERA_RETURN_IF_ERROR(hooks_->AllReduceSum(proj, T * c.n_embd));
-    TESSERA_RETURN_IF_ERROR(backend_->Add(x, proj, T * c.n_embd));
-    // Feed-forward block.
+    // Feed-forward block (x += proj first, in the norm's pass).
     const Backend::MatMulOut gate_up[] = {{L.w_gate.get(), gate}, {L.w_up.get(), up}};
-    TESSERA_RETURN_IF_ERROR(backend_->RmsNormMatMuls(x, *L.ffn_norm, T, eps, h, gate_up, 2));
+    TESSERA_RETURN_IF_ERROR(
+        backend_->AddRmsNormMatMuls(x, proj, *L.ffn_norm, T, eps, h, gate_up, 2));
     TESSERA_RETURN_IF_ERROR(backend_->SwiGluMatMul(*L.w_down, gate, up, T, proj));
     TESSERA_RETURN_IF_ERROR(hooks_->AllReduceSum(proj, T * c.n_embd));
-    TESSERA_RETURN_IF_ERROR(backend_->Add(x, proj, T * c.n_embd));
+    residual = proj;  // added to x by the next layer's norm, or below
   }
+  if (residual != nullptr) TESSERA_RETURN_IF_ERROR(backend_->Add(x, residual, T * c.n_embd));
   if (!shard_.last_stage(c)) return hooks_->SendHidden(x, T * c.n_embd);
 
   const int64_t S = static_cast<int64_t>(logit_rows.size());

@@ -328,6 +328,11 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) double SumSquares(c
   return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
 
+// x += y, elementwise.
+void AddSpan(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
 // One row of RmsNorm: y = x / sqrt(mean(x^2) + eps) * g (y may alias x).
 void RmsNormRow(const float* x, const float* g, int64_t dim, float eps, float* y) {
   const double sum_sq = SumSquares(x, dim);
@@ -356,11 +361,11 @@ absl::Status CpuBackend::RmsNorm(const float* x, const Weight& weight, int64_t n
   return absl::OkStatus();
 }
 
-absl::Status CpuBackend::RmsNormMatMuls(const float* x, const Weight& norm, int64_t n_tokens,
-                                        float eps, float* h, const MatMulOut* outs,
-                                        int n_outs) {
+absl::Status CpuBackend::AddRmsNormMatMuls(float* x, const float* residual, const Weight& norm,
+                                           int64_t n_tokens, float eps, float* h,
+                                           const MatMulOut* outs, int n_outs) {
   if (exact_matmul_ || n_outs < 1 || n_outs > kMaxMatMulProducts) {
-    return Backend::RmsNormMatMuls(x, norm, n_tokens, eps, h, outs, n_outs);
+    return Backend::AddRmsNormMatMuls(x, residual, norm, n_tokens, eps, h, outs, n_outs);
   }
   TESSERA_ASSIGN_OR_RETURN(const float* g, NormGains(norm));
   const int64_t dim = norm.matrix().cols * norm.matrix().rows;
@@ -371,7 +376,11 @@ absl::Status CpuBackend::RmsNormMatMuls(const float* x, const Weight& norm, int6
   }
   MatMulProduct products[kMaxMatMulProducts];
   for (int i = 0; i < n_outs; ++i) products[i] = {&outs[i].w->matrix(), outs[i].y};
-  auto norm_row = [&](int64_t t) { RmsNormRow(x + t * dim, g, dim, eps, h + t * dim); };
+  auto norm_row = [&](int64_t t) {
+    float* xt = x + t * dim;
+    if (residual != nullptr) AddSpan(xt, residual + t * dim, dim);
+    RmsNormRow(xt, g, dim, eps, h + t * dim);
+  };
   const PrepareRowFn prepare = norm_row;  // refers to norm_row, which outlives the call
   return MatMulQMany(products, n_outs, h, n_tokens, &pool_, &scratch_, MatMulOptions(),
                      &prepare);
@@ -469,7 +478,7 @@ absl::Status CpuBackend::GatherRows(const float* src, const int32_t* rows, int64
 }
 
 absl::Status CpuBackend::Add(float* x, const float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+  AddSpan(x, y, n);
   return absl::OkStatus();
 }
 

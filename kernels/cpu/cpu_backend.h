@@ -60,8 +60,9 @@ class CpuBackend final : public Backend {
   absl::Status MatMul(const Weight& w, const float* x, int64_t n_tokens, float* y) override;
   absl::Status MatMuls(const float* x, int64_t n_tokens, const MatMulOut* outs,
                        int n_outs) override;
-  absl::Status RmsNormMatMuls(const float* x, const Weight& norm, int64_t n_tokens, float eps,
-                              float* h, const MatMulOut* outs, int n_outs) override;
+  absl::Status AddRmsNormMatMuls(float* x, const float* residual, const Weight& norm,
+                                 int64_t n_tokens, float eps, float* h, const MatMulOut* outs,
+                                 int n_outs) override;
   absl::Status SwiGluMatMul(const Weight& w, float* gate, const float* up, int64_t n_tokens,
                             float* y) override;
   absl::Status RmsNorm(const float* x, const Weight& weight, int64_t n_tokens, float eps,

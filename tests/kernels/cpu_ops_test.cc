@@ -1,7 +1,8 @@
 // CpuBackend's elementwise ops against float64 references: the polynomial exp (exp_poly.h) of
 // SwiGLU and the attention softmax, SwiGLU itself, and RoPE (its per-step cos/sin table, which
-// must follow the positions from call to call). And the fused RMSNorm -> products and SwiGLU ->
-// product (RmsNormMatMuls, SwiGluMatMul) against the separate ops, bit for bit.
+// must follow the positions from call to call). And the fused residual add -> RMSNorm ->
+// products and SwiGLU -> product (AddRmsNormMatMuls, SwiGluMatMul) against the separate ops,
+// bit for bit.
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -162,15 +163,19 @@ TEST(CpuFusedOpsTest, SameBitsAsTheSeparateOps) {
         std::unique_ptr<Weight> down_w = RandomWeight(&backend, type, kDim, kFf, &rng, &keep);
         ASSERT_TRUE(norm && gate_w && up_w && down_w);
         for (const int64_t batch : {1, 3, 5, 16, 40}) {
+          const bool add = batch % 2 == 1;  // with and without a residual to add first
           SCOPED_TRACE(testing::Message() << GgmlTypeName(type) << (copy_weights ? "" : " in place")
                                           << ", " << threads << " threads, batch " << batch);
           std::normal_distribution<float> normal(0.0f, 3.0f);
-          std::vector<float> x(static_cast<size_t>(batch * kDim));
+          std::vector<float> x(static_cast<size_t>(batch * kDim)), residual(x.size());
           for (float& v : x) v = normal(rng);
+          for (float& v : residual) v = normal(rng);
+          const std::vector<float> x_in = x;
           // Separate ops.
           std::vector<float> h(x.size()), gate(static_cast<size_t>(batch * kFf)), up(gate.size());
           std::vector<float> y(x.size());
           const Backend::MatMulOut outs[] = {{gate_w.get(), gate.data()}, {up_w.get(), up.data()}};
+          if (add) ASSERT_TRUE(backend.Add(x.data(), residual.data(), batch * kDim).ok());
           ASSERT_TRUE(backend.RmsNorm(x.data(), *norm, batch, 1e-5f, h.data()).ok());
           ASSERT_TRUE(backend.MatMuls(h.data(), batch, outs, 2).ok());
           std::vector<float> act(gate.size());
@@ -181,8 +186,12 @@ TEST(CpuFusedOpsTest, SameBitsAsTheSeparateOps) {
           std::vector<float> y2(y.size(), -1.0f);
           const Backend::MatMulOut outs2[] = {{gate_w.get(), gate2.data()},
                                               {up_w.get(), up2.data()}};
-          ASSERT_TRUE(
-              backend.RmsNormMatMuls(x.data(), *norm, batch, 1e-5f, h2.data(), outs2, 2).ok());
+          std::vector<float> x2 = x_in;
+          ASSERT_TRUE(backend
+                          .AddRmsNormMatMuls(x2.data(), add ? residual.data() : nullptr, *norm,
+                                             batch, 1e-5f, h2.data(), outs2, 2)
+                          .ok());
+          EXPECT_EQ(x2, x);
           EXPECT_EQ(h2, h);
           EXPECT_EQ(gate2, gate);
           EXPECT_EQ(up2, up);
@@ -194,7 +203,8 @@ TEST(CpuFusedOpsTest, SameBitsAsTheSeparateOps) {
         // A norm that does not match the products' columns is an error, not a misread.
         std::vector<float> x(kFf), h(kFf), out(kFf);
         const Backend::MatMulOut bad[] = {{down_w.get(), out.data()}};
-        const absl::Status s = backend.RmsNormMatMuls(x.data(), *norm, 1, 1e-5f, h.data(), bad, 1);
+        const absl::Status s =
+            backend.AddRmsNormMatMuls(x.data(), nullptr, *norm, 1, 1e-5f, h.data(), bad, 1);
         EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
       }
     }
