@@ -152,7 +152,7 @@ class Backend {
   }
   // y (n_tokens, w.rows) = (silu(gate) * up) W^T, gate and up (n_tokens, w.cols); gate is
   // overwritten with silu(gate) * up. The same numbers as SwiGlu then MatMul, which is what the
-  // default does; a backend may fuse the two (the CPU backend, as RmsNormMatMuls).
+  // default does; a backend may fuse the two (the CPU backend, as AddRmsNormMatMuls).
   virtual absl::Status SwiGluMatMul(const Weight& w, float* gate, const float* up,
                                     int64_t n_tokens, float* y) {
     if (absl::Status s = SwiGlu(gate, up, n_tokens * w.matrix().cols, gate); !s.ok()) return s;

@@ -171,7 +171,7 @@ absl::Status LlamaModel::EnsureBuffers(int64_t n_tokens, int64_t n_logit_rows) {
   }
   if (n_logit_rows > capacity_logit_rows_) {
     if (absl::Status s = grow(&sel_, n_logit_rows * c.n_embd); !s.ok()) return s;
-    if (!(LogitsToCaller() && backend_->WritesHostMemory())) {
+    if (!OutputWritesCallerLogits()) {
       if (absl::Status s = grow(&logits_, n_logit_rows * n_vocab_local_); !s.ok()) return s;
     }
     capacity_logit_rows_ = n_logit_rows;
@@ -278,7 +278,7 @@ absl::Status LlamaModel::Forward(const std::vector<SequenceStep>& batch,
   logits->resize(static_cast<size_t>(S * c.n_vocab));
   // The caller's buffer directly where it can be (16 sequences of SmolLM2 are 3 MiB a step,
   // copied twice otherwise).
-  if (LogitsToCaller() && backend_->WritesHostMemory()) {
+  if (OutputWritesCallerLogits()) {
     return backend_->MatMul(*output_, sel, S, logits->data());
   }
   TESSERA_RETURN_IF_ERROR(backend_->MatMul(*output_, sel, S, logits_->data()));

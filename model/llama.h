@@ -108,6 +108,10 @@ class LlamaModel {
   bool LogitsToCaller() const {
     return hooks_ == &default_hooks_ && n_vocab_local_ == config_.n_vocab;
   }
+  // ... and the output product writes them there itself (no logits buffer, no copy).
+  bool OutputWritesCallerLogits() const {
+    return LogitsToCaller() && backend_->WritesHostMemory();
+  }
 
   ModelConfig config_;
   ModelShard shard_;

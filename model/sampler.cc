@@ -119,7 +119,6 @@ Key NucleusCutoff(absl::Span<const float> logits, absl::Span<const double> w, do
   return bin.back();  // the bin's own sum rounded differently from its tokens' running sum
 }
 
-
 constexpr int kScanLanes = 16;
 // GCC vector types (split into AVX2 or SSE registers by the clones without AVX-512).
 typedef float FloatLanes __attribute__((vector_size(4 * kScanLanes)));

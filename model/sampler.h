@@ -34,9 +34,10 @@
 // cumulative sum).
 //
 // Cost per token over a vocabulary of V: greedy without logprobs is ScanLogits (validate and
-// find the maximum in vector registers, then the first index holding it); top-k selects with a bounded heap (O(V), no sort); top-p without top-k bins tokens by
-// log-weight and sorts only the bin where the cumulative mass crosses top_p; otherwise one exp
-// pass and the draw. Logprobs add one exp pass. No full sort of the vocabulary anywhere.
+// find the maximum in vector registers, then the first index holding it); top-k selects with a
+// bounded heap (O(V), no sort); top-p without top-k bins tokens by log-weight and sorts only
+// the bin where the cumulative mass crosses top_p; otherwise one exp pass and the draw.
+// Logprobs add one exp pass. No full sort of the vocabulary anywhere.
 //
 // Thread-safety: a Sampler is not thread-safe; use one per sequence. Distinct Samplers may be
 // used concurrently (scratch buffers are thread-local).

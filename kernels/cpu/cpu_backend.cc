@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "kernels/cpu/attention_kernels.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/exp_poly.h"
@@ -340,23 +341,25 @@ void RmsNormRow(const float* x, const float* g, int64_t dim, float eps, float* y
   for (int64_t i = 0; i < dim; ++i) y[i] = x[i] * scale * g[i];
 }
 
-// The gains of an RMSNorm weight (F32, any shape: dim = rows * cols elements).
-absl::StatusOr<const float*> NormGains(const Weight& weight) {
+// The gains of an RMSNorm weight (F32, any shape: rows * cols elements, one per dimension).
+absl::StatusOr<absl::Span<const float>> NormGains(const Weight& weight) {
   const QuantMatrix& m = weight.matrix();
   if (m.type != GgmlType::kF32) {
     return absl::InvalidArgumentError("RMSNorm weight must be F32");
   }
-  return static_cast<const float*>(m.data);
+  return absl::MakeConstSpan(static_cast<const float*>(m.data), m.rows * m.cols);
 }
 
 }  // namespace
 
 absl::Status CpuBackend::RmsNorm(const float* x, const Weight& weight, int64_t n_tokens,
                                  float eps, float* y) {
-  TESSERA_ASSIGN_OR_RETURN(const float* g, NormGains(weight));
-  const int64_t dim = weight.matrix().cols * weight.matrix().rows;
+  TESSERA_ASSIGN_OR_RETURN(const absl::Span<const float> g, NormGains(weight));
+  const auto dim = static_cast<int64_t>(g.size());
   ParallelFor(n_tokens, 1, 2, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) RmsNormRow(x + t * dim, g, dim, eps, y + t * dim);
+    for (int64_t t = begin; t < end; ++t) {
+      RmsNormRow(x + t * dim, g.data(), dim, eps, y + t * dim);
+    }
   });
   return absl::OkStatus();
 }
@@ -367,8 +370,8 @@ absl::Status CpuBackend::AddRmsNormMatMuls(float* x, const float* residual, cons
   if (exact_matmul_ || n_outs < 1 || n_outs > kMaxMatMulProducts) {
     return Backend::AddRmsNormMatMuls(x, residual, norm, n_tokens, eps, h, outs, n_outs);
   }
-  TESSERA_ASSIGN_OR_RETURN(const float* g, NormGains(norm));
-  const int64_t dim = norm.matrix().cols * norm.matrix().rows;
+  TESSERA_ASSIGN_OR_RETURN(const absl::Span<const float> g, NormGains(norm));
+  const auto dim = static_cast<int64_t>(g.size());
   if (outs[0].w->matrix().cols != dim) {
     return absl::InvalidArgumentError(absl::StrCat("RMSNorm of ", dim, " elements before a ",
                                                    "product of ", outs[0].w->matrix().cols,
@@ -379,7 +382,7 @@ absl::Status CpuBackend::AddRmsNormMatMuls(float* x, const float* residual, cons
   auto norm_row = [&](int64_t t) {
     float* xt = x + t * dim;
     if (residual != nullptr) AddSpan(xt, residual + t * dim, dim);
-    RmsNormRow(xt, g, dim, eps, h + t * dim);
+    RmsNormRow(xt, g.data(), dim, eps, h + t * dim);
   };
   const PrepareRowFn prepare = norm_row;  // refers to norm_row, which outlives the call
   return MatMulQMany(products, n_outs, h, n_tokens, &pool_, &scratch_, MatMulOptions(),

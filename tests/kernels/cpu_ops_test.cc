@@ -175,7 +175,9 @@ TEST(CpuFusedOpsTest, SameBitsAsTheSeparateOps) {
           std::vector<float> h(x.size()), gate(static_cast<size_t>(batch * kFf)), up(gate.size());
           std::vector<float> y(x.size());
           const Backend::MatMulOut outs[] = {{gate_w.get(), gate.data()}, {up_w.get(), up.data()}};
-          if (add) ASSERT_TRUE(backend.Add(x.data(), residual.data(), batch * kDim).ok());
+          if (add) {
+            ASSERT_TRUE(backend.Add(x.data(), residual.data(), batch * kDim).ok());
+          }
           ASSERT_TRUE(backend.RmsNorm(x.data(), *norm, batch, 1e-5f, h.data()).ok());
           ASSERT_TRUE(backend.MatMuls(h.data(), batch, outs, 2).ok());
           std::vector<float> act(gate.size());
