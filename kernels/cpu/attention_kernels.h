@@ -20,7 +20,12 @@
 
 namespace tessera {
 
-// One query head's work: T is the cache's element type (float, or uint16_t binary16 bits).
+// One query head's work over one chunk of its context, positions [first, end): T is the cache's
+// element type (float, or uint16_t binary16 bits). With the scores s_p, their maximum m and the
+// weights e_p = exp(s_p - m), the kernels leave the chunk's partial softmax where `stats` is
+// given: out = the sum over p of e_p v_p, stats[0] = m, stats[1] = l, the sum of the e_p (in
+// Sum's order); MergeChunks (cpu_backend.cc) combines a head's chunks in order. Where the chunk
+// is the whole context (stats null), out = that sum times 1 / l: the attention itself.
 template <typename T>
 struct HeadAttentionOf {
   const float* q;        // (head_dim) this query head
@@ -29,11 +34,13 @@ struct HeadAttentionOf {
   int64_t slot_stride;   // elements between consecutive slots
   const int32_t* table;  // the sequence's block table
   int block_tokens;
-  int ctx;               // attend to positions [0, ctx)
+  int first;             // attend to positions [first, end) (first a multiple of 16 for the
+  int end;               // fixed-head-dim kernels)
   int head_dim;
   float scale;           // 1 / sqrt(head_dim)
-  float* scores;         // (ctx * heads) scratch
+  float* scores;         // (end - first) scratch
   float* out;            // (head_dim)
+  float* stats;          // (2) or null, as above
   // Memory the fixed-head-dim kernels fetch into L2 during their V pass, one run every 16
   // positions (the next call's K rows, a run per cache block: that call starts on a warm
   // stream); read from a[0] only. All issued at once, the prefetches queued behind each other
@@ -101,20 +108,21 @@ inline constexpr int kSlotsAhead = 6, kKSlotsAhead = 16 + 8;
 // How many groups of 16 positions ahead the K rows are prefetched where blocks hold whole groups.
 inline constexpr int kGroupsAhead = 4;
 
-// Calls fn(p, slot, ahead) for the positions p = 0 .. ctx - 1 in order, slot being p's KV slot
-// through the block table and ahead that of position p + kAhead (-1 past the context): block by
-// block, so no position pays for a division.
+// Calls fn(p, slot, ahead) for the positions p = first .. end - 1 in order, slot being p's KV
+// slot through the block table and ahead that of position p + kAhead (-1 from end on):
+// block by block, so no position pays for a division.
 template <int kAhead = kSlotsAhead, typename Fn>
 inline __attribute__((always_inline)) void ForEachSlot(const int32_t* table, int block_tokens,
-                                                       int ctx, Fn&& fn) {
-  int b_ahead = kAhead / block_tokens, j_ahead = kAhead % block_tokens;
-  for (int p0 = 0, b = 0; p0 < ctx; p0 += block_tokens, ++b) {
+                                                       int first, int end, Fn&& fn) {
+  int b_ahead = (first + kAhead) / block_tokens, j_ahead = (first + kAhead) % block_tokens;
+  for (int p0 = first - first % block_tokens, b = first / block_tokens; p0 < end;
+       p0 += block_tokens, ++b) {
     const int64_t base = int64_t{table[b]} * block_tokens;
-    const int n = std::min(block_tokens, ctx - p0);
-    for (int j = 0; j < n; ++j) {
+    const int n = std::min(block_tokens, end - p0);
+    for (int j = std::max(0, first - p0); j < n; ++j) {
       const int p = p0 + j;
       const int64_t ahead =
-          p + kAhead < ctx ? int64_t{table[b_ahead]} * block_tokens + j_ahead : -1;
+          p + kAhead < end ? int64_t{table[b_ahead]} * block_tokens + j_ahead : -1;
       fn(p, base + j, ahead);
       if (++j_ahead == block_tokens) {
         j_ahead = 0;
@@ -124,23 +132,24 @@ inline __attribute__((always_inline)) void ForEachSlot(const int32_t* table, int
   }
 }
 
-// Calls fn(p, row, ahead) for the positions p = 0 .. ctx - 1 in order, row being p's row (of
-// the KV head's region at base, slot_stride elements between slots) and ahead that of position
-// p + kAhead where it is in p's block or the next (nullptr otherwise): one table lookup per
-// block, not per position.
+// Calls fn(p, row, ahead) for the positions p = first .. end - 1 in order, row being p's row
+// (of the KV head's region at base, slot_stride elements between slots) and ahead that of
+// position p + kAhead where it is in p's block or the next (nullptr otherwise): one table
+// lookup per block, not per position.
 template <int kAhead = kSlotsAhead, typename T, typename Fn>
 inline __attribute__((always_inline)) void ForEachRow(const T* base, int64_t slot_stride,
                                                       const int32_t* table, int block_tokens,
-                                                      int ctx, Fn&& fn) {
+                                                      int first, int end, Fn&& fn) {
   const int64_t block_stride = int64_t{block_tokens} * slot_stride;
-  for (int p0 = 0, b = 0; p0 < ctx; p0 += block_tokens, ++b) {
-    const int n = std::min(block_tokens, ctx - p0);
+  for (int p0 = first - first % block_tokens, b = first / block_tokens; p0 < end;
+       p0 += block_tokens, ++b) {
+    const int n = std::min(block_tokens, end - p0);
     const T* rows = base + table[b] * block_stride;
-    const T* next = p0 + block_tokens < ctx ? base + table[b + 1] * block_stride : nullptr;
-    for (int j = 0; j < n; ++j) {
+    const T* next = p0 + block_tokens < end ? base + table[b + 1] * block_stride : nullptr;
+    for (int j = std::max(0, first - p0); j < n; ++j) {
       const int ja = j + kAhead;
       const T* ahead = nullptr;
-      if (p0 + ja < ctx) {
+      if (p0 + ja < end) {
         if (ja < block_tokens) {
           ahead = rows + ja * slot_stride;
         } else if (ja < 2 * block_tokens) {
@@ -152,29 +161,37 @@ inline __attribute__((always_inline)) void ForEachRow(const T* base, int64_t slo
   }
 }
 
-// scores[p] = exp(scores[p] - max_score) for p < ctx (exp_poly.h, vectorized); returns their
-// Sum.
-inline __attribute__((always_inline)) float Softmax(float* scores, int ctx, float max_score) {
+// scores[i] = exp(scores[i] - max_score) for i < n (exp_poly.h, vectorized); returns their Sum.
+inline __attribute__((always_inline)) float Softmax(float* scores, int n, float max_score) {
 #pragma omp simd
-  for (int p = 0; p < ctx; ++p) scores[p] = ExpPoly(scores[p] - max_score);
-  return Sum(scores, ctx);
+  for (int i = 0; i < n; ++i) scores[i] = ExpPoly(scores[i] - max_score);
+  return Sum(scores, n);
 }
 
 inline __attribute__((always_inline)) void AttendHeadBody(const HeadAttention& a) {
   const int hd = a.head_dim;
   float max_score = -std::numeric_limits<float>::infinity();
-  ForEachSlot(a.table, a.block_tokens, a.ctx, [&](int p, int64_t slot, int64_t) {
-    a.scores[p] = Dot(a.q, a.k_base + slot * a.slot_stride, hd) * a.scale;
-    max_score = std::max(max_score, a.scores[p]);
+  ForEachSlot(a.table, a.block_tokens, a.first, a.end, [&](int p, int64_t slot, int64_t) {
+    float& score = a.scores[p - a.first];
+    score = Dot(a.q, a.k_base + slot * a.slot_stride, hd) * a.scale;
+    max_score = std::max(max_score, score);
   });
-  const float denom = Softmax(a.scores, a.ctx, max_score);
+  const float sum = Softmax(a.scores, a.end - a.first, max_score);
   std::fill(a.out, a.out + hd, 0.0f);
-  ForEachSlot(a.table, a.block_tokens, a.ctx, [&](int p, int64_t slot, int64_t) {
-    const float w = a.scores[p] / denom;
+  ForEachSlot(a.table, a.block_tokens, a.first, a.end, [&](int p, int64_t slot, int64_t) {
+    const float w = a.scores[p - a.first];
     const float* v = a.v_base + slot * a.slot_stride;
 #pragma omp simd
     for (int i = 0; i < hd; ++i) a.out[i] = __builtin_fmaf(w, v[i], a.out[i]);
   });
+  if (a.stats != nullptr) {
+    a.stats[0] = max_score;
+    a.stats[1] = sum;
+  } else {
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int i = 0; i < hd; ++i) a.out[i] *= inv;
+  }
 }
 
 // AttendHead for a head_dim known at compile time (64: SmolLM2, Llama 3.2 1B/3B; 128: Llama 3
@@ -235,8 +252,8 @@ inline __attribute__((always_inline)) void PrefetchRows(const HeadAttentionOf<T>
   for (int o = 0; o < kRowBytes; o += 64) __builtin_prefetch(row + o);
 }
 
-// The scores of 16 consecutive positions p0 .. p0 + 15 (K rows at row(i)) for N query heads:
-// scores[n][p0 + i] = Dot(q_n, k_i) * scale, and vmax[n] = max(vmax[n], those scores). Each
+// The scores of 16 consecutive positions (K rows at row(i)) for N query heads: scores[n][s0 + i]
+// = Dot(q_n, k_i) * scale, and vmax[n] = max(vmax[n], those scores). Each
 // dot keeps AttendHead's 16 lanes and tree, but the 16 positions' lanes are reduced together:
 // the tree's first two levels pair whole vectors (lane j with j + 8, then j with j + 4, as
 // 256- and 128-bit halves of two positions side by side), the last two pair 64- and 32-bit
@@ -248,7 +265,7 @@ inline __attribute__((always_inline)) void PrefetchRows(const HeadAttentionOf<T>
 template <int HD, int N, typename T, typename RowFn>
 inline __attribute__((always_inline)) void ScoreGroup(const HeadAttentionOf<T>* a,
                                                       const V16 (&q)[N][HD / kLanes],
-                                                      const RowFn& row, int p0,
+                                                      const RowFn& row, int s0,
                                                       V16 (&vmax)[N]) {
   constexpr int kV = HD / kLanes;
   V16 h_prev[N] = {}, f_prev[N] = {}, g_prev[N] = {};
@@ -301,17 +318,17 @@ inline __attribute__((always_inline)) void ScoreGroup(const HeadAttentionOf<T>* 
       const V16 scores = __builtin_shufflevector(dots, dots, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10,
                                                  14, 3, 7, 11, 15) *
                          a[0].scale;
-      std::memcpy(a[n].scores + p0, &scores, sizeof scores);
+      std::memcpy(a[n].scores + s0, &scores, sizeof scores);
       vmax[n] = vmax[n] > scores ? vmax[n] : scores;
     }
   }
 }
 
-// N query heads of one KV head (a[0 .. N): same K/V, table and context; own q, scores, out)
+// N query heads of one KV head (a[0 .. N): same K/V, table and positions; own q, scores, out)
 // at once: each K and V row is loaded once for all of them, and the N heads' output sums are
 // independent chains (one head alone waits on the latency of every add). Per head, the
 // operations and their order are exactly those of AttendHead. Scores come 16 positions at a
-// time (ScoreGroup), the context's last ctx % 16 one by one.
+// time (ScoreGroup), the chunk's last (end - first) % 16 one by one.
 template <int HD, int N, typename T>
 inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionOf<T>* a) {
   static_assert(HD % kLanes == 0, "whole vectors");
@@ -324,17 +341,17 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
     for (int i = 0; i < kLanes; ++i) vmax[n][i] = -std::numeric_limits<float>::infinity();
   }
   const T* k_rows[kLanes];
-  const int bt = a0.block_tokens;
+  const int bt = a0.block_tokens, first = a0.first, len = a0.end - first;
   if (bt % kLanes == 0) {
     // Every group of 16 positions lies in one block: 16 consecutive rows of the KV head's
     // region, found with one lookup, and prefetched kGroupsAhead groups ahead; the group's V
     // rows are fetched into L2 meanwhile, so the V pass does not start on a cold stream.
-    const int groups_end = a0.ctx - a0.ctx % kLanes;
+    const int groups_end = a0.end - len % kLanes;
     auto group_slot = [&](int p0) { return int64_t{a0.table[p0 / bt]} * bt + p0 % bt; };
     constexpr int kRowBytes = HD * static_cast<int>(sizeof(T));
     const int64_t stride_bytes = a0.slot_stride * static_cast<int64_t>(sizeof(T));
-    for (int p0 = 0; p0 < groups_end; p0 += kLanes) {
-      if (p0 + kGroupsAhead * kLanes < a0.ctx) {
+    for (int p0 = first; p0 < groups_end; p0 += kLanes) {
+      if (p0 + kGroupsAhead * kLanes < a0.end) {
         const char* ahead = reinterpret_cast<const char*>(
             a0.k_base + group_slot(p0 + kGroupsAhead * kLanes) * a0.slot_stride);
         for (int i = 0; i < kLanes; ++i) {
@@ -348,18 +365,21 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
         for (int o = 0; o < kRowBytes; o += 64) __builtin_prefetch(v + i * stride_bytes + o, 0, 2);
       }
       const T* rows = a0.k_base + slot * a0.slot_stride;
-      ScoreGroup<HD, N>(a, q, [&](int i) { return rows + i * a0.slot_stride; }, p0, vmax);
+      ScoreGroup<HD, N>(a, q, [&](int i) { return rows + i * a0.slot_stride; }, p0 - first,
+                        vmax);
     }
-    for (int p = groups_end; p < a0.ctx; ++p) {
+    for (int p = groups_end; p < a0.end; ++p) {
       k_rows[p % kLanes] =
           a0.k_base + (int64_t{a0.table[p / bt]} * bt + p % bt) * a0.slot_stride;
     }
   } else {
-    ForEachSlot<kKSlotsAhead>(a0.table, bt, a0.ctx, [&](int p, int64_t slot, int64_t ahead) {
+    ForEachSlot<kKSlotsAhead>(a0.table, bt, first, a0.end,
+                              [&](int p, int64_t slot, int64_t ahead) {
       PrefetchRows<HD * sizeof(T)>(a0, ahead);
       k_rows[p % kLanes] = a0.k_base + slot * a0.slot_stride;
       if (p % kLanes == kLanes - 1) {
-        ScoreGroup<HD, N>(a, q, [&](int i) { return k_rows[i]; }, p - (kLanes - 1), vmax);
+        ScoreGroup<HD, N>(a, q, [&](int i) { return k_rows[i]; }, p - (kLanes - 1) - first,
+                          vmax);
       }
     });
   }
@@ -368,7 +388,7 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
     max_score[n] = vmax[n][0];
     for (int i = 1; i < kLanes; ++i) max_score[n] = std::max(max_score[n], vmax[n][i]);
   }
-  for (int p = a0.ctx - a0.ctx % kLanes; p < a0.ctx; ++p) {
+  for (int p = a0.end - len % kLanes; p < a0.end; ++p) {
     V16 kc[kV];
     for (int c = 0; c < kV; ++c) Load16(k_rows[p % kLanes] + kLanes * c, &kc[c]);
     for (int n = 0; n < N; ++n) {
@@ -379,41 +399,44 @@ inline __attribute__((always_inline)) void AttendHeadsFixed(const HeadAttentionO
       const V4 f =
           __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
       const float score = ((f[0] + f[2]) + (f[1] + f[3])) * a0.scale;
-      a[n].scores[p] = score;
+      a[n].scores[p - first] = score;
       max_score[n] = std::max(max_score[n], score);
     }
   }
-  // Softmax, then the weights exp(score - max) / denom of every position (vectorized divisions,
-  // the same as one at a time).
-  for (int n = 0; n < N; ++n) {
-    float* w = a[n].scores;
-    const float d = Softmax(w, a0.ctx, max_score[n]);
-#pragma omp simd
-    for (int p = 0; p < a0.ctx; ++p) w[p] /= d;
-  }
+  // The weights exp(score - max) and their sum.
+  float sum[N];
+  for (int n = 0; n < N; ++n) sum[n] = Softmax(a[n].scores, len, max_score[n]);
   V16 out[N][kV] = {};
   auto prefetch_run = [&](int r) {
     for (int o = 0; o < a0.prefetch_run_bytes; o += 64) {
       __builtin_prefetch(a0.prefetch_runs[r] + o, 0, 2);  // prefetcht1: into L2
     }
   };
-  ForEachRow(a0.v_base, a0.slot_stride, a0.table, bt, a0.ctx, [&](int p, const T* v,
-                                                                  const T* ahead) {
+  ForEachRow(a0.v_base, a0.slot_stride, a0.table, bt, first, a0.end, [&](int p, const T* v,
+                                                                         const T* ahead) {
     if (ahead != nullptr) {
       for (int o = 0; o < HD * static_cast<int>(sizeof(T)); o += 64) {
         __builtin_prefetch(reinterpret_cast<const char*>(ahead) + o);
       }
     }
-    if (p % kLanes == 0 && p / kLanes < a0.n_prefetch_runs) prefetch_run(p / kLanes);
+    const int s = p - first;
+    if (s % kLanes == 0 && s / kLanes < a0.n_prefetch_runs) prefetch_run(s / kLanes);
     V16 vc[kV];
     for (int c = 0; c < kV; ++c) Load16(v + kLanes * c, &vc[c]);
     for (int n = 0; n < N; ++n) {
-      const float w = a[n].scores[p];
+      const float w = a[n].scores[s];
       for (int c = 0; c < kV; ++c) MulAdd(w, vc[c], &out[n][c]);
     }
   });
-  for (int r = (a0.ctx + kLanes - 1) / kLanes; r < a0.n_prefetch_runs; ++r) prefetch_run(r);
+  for (int r = (len + kLanes - 1) / kLanes; r < a0.n_prefetch_runs; ++r) prefetch_run(r);
   for (int n = 0; n < N; ++n) {
+    if (a[n].stats != nullptr) {
+      a[n].stats[0] = max_score[n];
+      a[n].stats[1] = sum[n];
+    } else {
+      const float inv = 1.0f / sum[n];
+      for (int c = 0; c < kV; ++c) out[n][c] *= inv;
+    }
     for (int c = 0; c < kV; ++c) std::memcpy(a[n].out + kLanes * c, &out[n][c], sizeof(V16));
   }
 }

@@ -85,6 +85,37 @@ class HostBuffer final : public DeviceBuffer {
  private:
   std::vector<float> data_;
 };
+// Attention splits a token's context of 128 positions or more in two chunks (kChunks), the
+// first of ChunkPositions(ctx) positions (half the context, rounded up to a multiple of 16),
+// so that the threads can share one sequence's K/V rows; shorter ones are one chunk. A function
+// of the context alone: how the threads share a step leaves the numbers as they are.
+constexpr int kChunks = 2, kMinSplitContext = 128;
+int ChunkPositions(int ctx) {
+  return ctx < kMinSplitContext ? ctx : (ctx + 2 * 16 - 1) / (2 * 16) * 16;
+}
+
+// A query head's attention from its two chunks' partial softmaxes (chunk c's sums at o[c], its
+// maximum and sum of weights at stats[c]), in chunk order: with M the larger maximum and
+// f_c = exp(m_c - M), out = the sum over c of (f_c / L) o_c, where L = the sum of f_c l_c.
+// Cloned like the kernels (the baseline's fused multiply-adds are library calls).
+__attribute__((target_clones("avx512f", "arch=x86-64-v3", "default"))) void MergeChunks(
+    const float* const (&o)[kChunks], const float* const (&stats)[kChunks], int hd,
+    float* __restrict__ out) {
+  const float m = std::max(stats[0][0], stats[1][0]);
+  float f[kChunks], total = 0.0f;
+  for (int c = 0; c < kChunks; ++c) {
+    f[c] = ExpPoly(stats[c][0] - m);
+    total += f[c] * stats[c][1];
+  }
+  std::fill(out, out + hd, 0.0f);
+  for (int c = 0; c < kChunks; ++c) {
+    const float w = f[c] / total;
+    const float* oc = o[c];
+#pragma omp simd
+    for (int i = 0; i < hd; ++i) out[i] = __builtin_fmaf(w, oc[i], out[i]);
+  }
+}
+
 // One query head's causal attention (attention_kernels.h). target_clones compiles it for
 // AVX-512, x86-64-v3 (AVX2 with FMA) and the baseline and picks one at load time from the CPU's
 // features (one indirect call per head, not per position). The baseline has no FMA instruction:
@@ -528,55 +559,152 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
   }
   const int group = n_heads / L.n_kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  // Each thread takes a contiguous range of the step's (token, query head) pairs, the ranges
-  // cut where the work (positions attended, plus a little per head) reaches an equal share.
-  // Within its range a thread goes KV head by KV head, up to max_heads query heads of one KV
-  // head per kernel call, each K and V row loaded once for all of them (decode attention waits
-  // on those loads: SmolLM2's step spent ~40% less time in attention with one call per KV
-  // head than with one per query head). A KV head whose query heads straddle two ranges is
-  // read by both threads: SmolLM2 (3 KV heads of 3) splits 5 and 4 heads instead of 6 and 3,
-  // and a prefill's later tokens, which attend to more positions, are spread like its first.
-  // The numbers are the same whatever the ranges.
+  // The work comes in units: a sub-item of a KV head (up to max_heads of its query heads, each
+  // K and V row loaded once for all of them: SmolLM2's step spent ~40% less time in attention
+  // with one call per KV head than with one per query head) over one chunk of its token's
+  // context (ChunkPositions), ordered token by token, KV head by KV head, chunk by chunk (a KV
+  // head's sub-items one after another over the same rows, while they are in L2). Each thread
+  // takes a contiguous range of the step's units, cut where the work (positions attended, plus
+  // a little per head and chunk) is nearest an equal share, so one sequence's decode step
+  // splits its K/V rows between the threads: SmolLM2's (3 KV heads) on 2 threads had one thread
+  // read two whole KV heads, the other the third and again the second. A thread merges the
+  // chunks of the sub-items it holds both of; the few cut between two threads leave theirs in
+  // straddle_parts, merged after the threads. The numbers depend only on the context, not on
+  // the cut.
   const int max_heads =
       std::min(group, hd == 64 ? kMaxHeads64 : hd == 128 ? kMaxHeads128 : 1);
+  const int subs = (group + max_heads - 1) / max_heads;  // sub-items per KV head
+  auto sub_heads = [&](int s) { return std::min(max_heads, group - s * max_heads); };
+  auto chunks_of = [&](int64_t t) {
+    const int ctx = batch.position[t] + 1;
+    return (ctx + ChunkPositions(ctx) - 1) / ChunkPositions(ctx);
+  };
   constexpr int kNextCallKRows = 256;
-  constexpr int64_t kHeadWork = 8;  // a head's fixed cost, in positions
+  constexpr int64_t kChunkWork = 8;  // a chunk's fixed cost per head, in positions
   std::vector<int64_t>& work_before = attention_work_before_;
+  std::vector<int64_t>& unit_before = attention_unit_before_;
   work_before.resize(static_cast<size_t>(n_tokens) + 1);
-  work_before[0] = 0;
+  unit_before.resize(work_before.size());
+  work_before[0] = unit_before[0] = 0;
   for (int64_t t = 0; t < n_tokens; ++t) {
-    work_before[t + 1] = work_before[t] + n_heads * (batch.position[t] + 1 + kHeadWork);
+    const int nc = chunks_of(t);
+    work_before[t + 1] = work_before[t] + n_heads * (batch.position[t] + 1 + kChunkWork * nc);
+    unit_before[t + 1] = unit_before[t] + int64_t{L.n_kv_heads} * nc * subs;
   }
-  const int64_t total_work = work_before[n_tokens];
-  // The first (token, head) pair, as t * n_heads + h, whose work starts at or after `target`.
-  auto pair_at = [&](int64_t target) -> int64_t {
-    if (target >= total_work) return n_tokens * n_heads;
+  const int64_t total_work = work_before[n_tokens], total_units = unit_before[n_tokens];
+  struct Unit {
+    int64_t t;
+    int kvh, chunk, sub;
+  };
+  auto unit = [&](int64_t u) {
+    const int64_t t =
+        std::upper_bound(unit_before.begin(), unit_before.end(), u) - unit_before.begin() - 1;
+    const int per_kv = chunks_of(t) * subs, r = static_cast<int>(u - unit_before[t]);
+    return Unit{t, r / per_kv, r % per_kv / subs, r % subs};
+  };
+  // The unit boundary nearest to `target` work (monotone in it).
+  auto unit_at = [&](int64_t target) -> int64_t {
+    if (target >= total_work) return total_units;
     const int64_t t =
         std::upper_bound(work_before.begin(), work_before.end(), target) - work_before.begin() - 1;
-    const int64_t per_head = (work_before[t + 1] - work_before[t]) / n_heads;
-    return t * n_heads + (target - work_before[t] + per_head - 1) / per_head;
+    const int ctx = batch.position[t] + 1, nc = chunks_of(t), chunk = ChunkPositions(ctx);
+    int64_t w = work_before[t], u = unit_before[t];
+    for (int kvh = 0; kvh < L.n_kv_heads; ++kvh) {
+      for (int c = 0; c < nc; ++c) {
+        const int len = std::min(ctx, (c + 1) * chunk) - c * chunk;
+        for (int s = 0; s < subs; ++s, ++u) {
+          const int64_t uw = sub_heads(s) * (len + kChunkWork);
+          if (target - w <= uw / 2) return u;
+          w += uw;
+        }
+      }
+    }
+    return u;
   };
+  const int n_threads = pool_.size();
+  std::vector<int64_t>& cuts = attention_cuts_;
+  std::vector<int64_t>& straddled = attention_straddled_;  // the cut sub-items' chunk-0 units
+  cuts.assign(static_cast<size_t>(n_threads) + 1, total_units);
+  cuts[0] = 0;
+  straddled.clear();
+  for (int k = 1; k < n_threads; ++k) {
+    cuts[k] = unit_at(total_work * k / n_threads);
+    if (cuts[k] == 0 || cuts[k] == total_units) continue;
+    const Unit x = unit(cuts[k]);
+    if (chunks_of(x.t) == 1) continue;
+    const int64_t kv_first = unit_before[x.t] + int64_t{x.kvh} * kChunks * subs;
+    for (int64_t u0 = kv_first; u0 < kv_first + subs; ++u0) {
+      if (u0 < cuts[k] && cuts[k] <= u0 + subs &&
+          std::find(straddled.begin(), straddled.end(), u0) == straddled.end()) {
+        straddled.push_back(u0);
+      }
+    }
+  }
+  // Where a token's context is two chunks, head j of a sub-item leaves chunk c's part at
+  // c * chunk_floats + j * part_floats of the sub-item's parts: head_dim sums, then the
+  // maximum and the sum of the weights. A thread's own parts hold a KV head's sub-items (sub
+  // s at s * max_heads * part_floats), a cut sub-item's its own.
+  const int64_t part_floats = hd + 2;
+  const int64_t own_floats = int64_t{kChunks} * subs * max_heads * part_floats;
+  const int64_t cut_floats = int64_t{kChunks} * max_heads * part_floats;
+  attention_parts_.resize(
+      static_cast<size_t>(n_threads * own_floats + straddled.size() * cut_floats));
+  float* const straddle_parts = attention_parts_.data() + n_threads * own_floats;
   // An f16 cache goes to the AVX-512 kernels that convert rows as they load them; elsewhere
-  // (no AVX-512, or another head dim) each item's rows are converted into a float scratch
+  // (no AVX-512, or another head dim) each unit's rows are converted into a float scratch
   // first (exact), and the float kernels run on that.
   const bool fixed_kernel = hd == 64 || hd == 128;  // AttendHeads64/128, AttendHeadsF16Avx512
   const bool f16_native = f16 && fixed_kernel && GetCpuFeatures().avx512;
-  pool_.Run([&](int thread, int n_threads) {
-    const int64_t begin = pair_at(total_work * thread / n_threads);
-    const int64_t end = pair_at(total_work * (thread + 1) / n_threads);
+  // The attention of token t's heads h0 .. h0 + n - 1 from their parts at `parts`.
+  auto merge = [&](const float* parts, int64_t chunk_floats, int64_t t, int h0, int n) {
+    for (int j = 0; j < n; ++j) {
+      const float* const o[kChunks] = {parts + j * part_floats,
+                                       parts + chunk_floats + j * part_floats};
+      const float* const stats[kChunks] = {o[0] + hd, o[1] + hd};
+      MergeChunks(o, stats, hd, out + (t * n_heads + h0 + j) * hd);
+    }
+  };
+  pool_.Run([&](int thread, int) {
+    const int64_t begin = cuts[thread], end = cuts[thread + 1];
+    if (begin >= end) return;
     std::vector<float> scores, k_rows, v_rows;
+    float* const own_parts = attention_parts_.data() + thread * own_floats;
     std::vector<int32_t> identity;
     std::vector<const char*> next_runs;
     HeadAttention heads[kMaxHeads64];
     HeadAttentionF16 heads16[kMaxHeads64];
-    int n = 0;  // query heads in this call
-    for (int64_t pair = begin; pair < end; pair += n) {
-      const int64_t t = pair / n_heads;
-      const int h0 = static_cast<int>(pair % n_heads);
-      const int kvh = h0 / group;
-      n = static_cast<int>(std::min<int64_t>({max_heads, (kvh + 1) * group - h0, end - pair}));
+    Unit next = unit(begin);
+    for (int64_t u = begin; u < end; ++u) {
+      const Unit cur = next;
+      const int64_t t = cur.t;
+      const int c = cur.chunk, kvh = cur.kvh, nc = chunks_of(t);
+      next = cur;
+      if (++next.sub == subs) {
+        next.sub = 0;
+        if (++next.chunk == nc) {
+          next.chunk = 0;
+          if (++next.kvh == L.n_kv_heads) {
+            next.kvh = 0;
+            ++next.t;
+          }
+        }
+      }
+      const int h0 = kvh * group + cur.sub * max_heads, n = sub_heads(cur.sub);
       const std::vector<int32_t>& table = batch.block_table[batch.seq_of_token[t]];
-      const int ctx = batch.position[t] + 1;
+      const int ctx = batch.position[t] + 1, chunk = ChunkPositions(ctx);
+      const int first = c * chunk, last = std::min(ctx, first + chunk);
+      // The sub-item's parts: the thread's own, or its slot where it is cut between threads.
+      float* parts = own_parts + cur.sub * max_heads * part_floats;
+      int64_t chunk_floats = subs * max_heads * part_floats;
+      bool cut = false;
+      if (nc > 1) {
+        const auto s = std::find(straddled.begin(), straddled.end(), u - c * subs);
+        if (s != straddled.end()) {
+          parts = straddle_parts + (s - straddled.begin()) * cut_floats;
+          chunk_floats = max_heads * part_floats;
+          cut = true;
+        }
+      }
       // The next call's K rows, up to kNextCallKRows of them (every (sequence, KV head) is a
       // new stream, too short for the hardware prefetchers), are fetched into L2 while this
       // call runs: a run of bytes per cache block (a block's rows of one KV head are
@@ -584,18 +712,21 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
       // than the first kGroupsAhead groups, and spread rather than at once: 16 sequences at
       // 160 positions (SmolLM2's shape) 101 -> 95 us per layer (attention_bench, medians of 6
       // alternating runs), 16 at 512 of Llama-1B's shape ~985 -> ~900; one sequence at 512 or
-      // 2048 positions gained nothing from more.
+      // 2048 positions gained nothing from more. (None where the next call reads these rows
+      // again, for another sub-item.)
       next_runs.clear();
       int run_bytes = 0;
-      if (pair + n < end) {
-        const int64_t t_next = (pair + n) / n_heads;
-        const int kvh_next = static_cast<int>((pair + n) % n_heads) / group;
-        const std::vector<int32_t>& table_next = batch.block_table[batch.seq_of_token[t_next]];
-        const int rows = std::min(batch.position[t_next] + 1, kNextCallKRows);
+      if (u + 1 < end && next.sub == 0) {
+        const std::vector<int32_t>& table_next =
+            batch.block_table[batch.seq_of_token[next.t]];
+        const int next_ctx = batch.position[next.t] + 1;
+        const int next_first = next.chunk * ChunkPositions(next_ctx);
+        const int next_stop = std::min(
+            {next_ctx, next_first + ChunkPositions(next_ctx), next_first + kNextCallKRows});
         run_bytes = L.block_tokens * hd * static_cast<int>(KvTypeBytes(L.type));
-        for (int p0 = 0, b = 0; p0 < rows; p0 += L.block_tokens, ++b) {
+        for (int b = next_first / L.block_tokens; b * L.block_tokens < next_stop; ++b) {
           next_runs.push_back(reinterpret_cast<const char*>(
-              KvRow(layer, 0, int64_t{table_next[b]} * L.block_tokens, kvh_next)));
+              KvRow(layer, 0, int64_t{table_next[b]} * L.block_tokens, next.kvh)));
         }
       }
       if (!fixed_kernel) {
@@ -603,7 +734,7 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
           for (int o = 0; o < run_bytes; o += 64) __builtin_prefetch(run + o, 0, 2);
         }
       }
-      scores.resize(static_cast<size_t>(ctx) * n);
+      scores.resize(static_cast<size_t>(last - first) * n);
       for (int i = 0; i < n; ++i) {
         HeadAttention& a = heads[i];
         a.q = q + (t * n_heads + h0 + i) * hd;
@@ -612,11 +743,18 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
         a.slot_stride = hd;
         a.table = table.data();
         a.block_tokens = L.block_tokens;
-        a.ctx = ctx;
+        a.first = first;
+        a.end = last;
         a.head_dim = hd;
         a.scale = scale;
-        a.scores = scores.data() + static_cast<size_t>(ctx) * i;
-        a.out = out + (t * n_heads + h0 + i) * hd;
+        a.scores = scores.data() + static_cast<size_t>(last - first) * i;
+        if (nc == 1) {  // the attention itself
+          a.out = out + (t * n_heads + h0 + i) * hd;
+          a.stats = nullptr;
+        } else {
+          a.out = parts + c * chunk_floats + i * part_floats;
+          a.stats = a.out + hd;
+        }
       }
       if (fixed_kernel) {
         heads[0].prefetch_runs = next_runs.data();
@@ -628,44 +766,50 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
           const HeadAttention& a = heads[i];
           heads16[i] = {a.q, reinterpret_cast<const uint16_t*>(KvRow(layer, 0, 0, kvh)),
                         reinterpret_cast<const uint16_t*>(KvRow(layer, 1, 0, kvh)),
-                        a.slot_stride, a.table, a.block_tokens, a.ctx, a.head_dim, a.scale,
-                        a.scores, a.out, a.prefetch_runs, a.n_prefetch_runs,
-                        a.prefetch_run_bytes};
+                        a.slot_stride, a.table, a.block_tokens, a.first, a.end, a.head_dim,
+                        a.scale, a.scores, a.out, a.stats, a.prefetch_runs,
+                        a.n_prefetch_runs, a.prefetch_run_bytes};
         }
         AttendHeadsF16Avx512(heads16, n);
-        continue;
-      }
-      if (f16) {
-        // Positions 0 .. ctx - 1 of this KV head as contiguous float rows, read through an
-        // identity block table.
-        k_rows.resize(static_cast<size_t>(ctx) * hd);
-        v_rows.resize(k_rows.size());
-        for (int p = 0; p < ctx; ++p) {
-          const int64_t s =
-              int64_t{table[p / L.block_tokens]} * L.block_tokens + p % L.block_tokens;
-          const auto* k16 = reinterpret_cast<const uint16_t*>(KvRow(layer, 0, s, kvh));
-          const auto* v16 = reinterpret_cast<const uint16_t*>(KvRow(layer, 1, s, kvh));
-          Fp16ToFloats(k16, hd, k_rows.data() + int64_t{p} * hd);
-          Fp16ToFloats(v16, hd, v_rows.data() + int64_t{p} * hd);
-        }
-        identity.resize(static_cast<size_t>(ctx / L.block_tokens + 1));
-        for (size_t b = 0; b < identity.size(); ++b) identity[b] = static_cast<int32_t>(b);
-        for (int i = 0; i < n; ++i) {
-          heads[i].k_base = k_rows.data();
-          heads[i].v_base = v_rows.data();
-          heads[i].slot_stride = hd;
-          heads[i].table = identity.data();
-        }
-      }
-      if (hd == 64) {
-        AttendHeads64(heads, n);
-      } else if (hd == 128) {
-        AttendHeads128(heads, n);
       } else {
-        AttendHead(heads[0]);
+        if (f16) {
+          // Positions first .. last - 1 of this KV head as float rows at their positions,
+          // read through an identity block table.
+          k_rows.resize(static_cast<size_t>(last) * hd);
+          v_rows.resize(k_rows.size());
+          for (int p = first; p < last; ++p) {
+            const int64_t slot =
+                int64_t{table[p / L.block_tokens]} * L.block_tokens + p % L.block_tokens;
+            const auto* k16 = reinterpret_cast<const uint16_t*>(KvRow(layer, 0, slot, kvh));
+            const auto* v16 = reinterpret_cast<const uint16_t*>(KvRow(layer, 1, slot, kvh));
+            Fp16ToFloats(k16, hd, k_rows.data() + int64_t{p} * hd);
+            Fp16ToFloats(v16, hd, v_rows.data() + int64_t{p} * hd);
+          }
+          identity.resize(static_cast<size_t>(last / L.block_tokens + 1));
+          for (size_t b = 0; b < identity.size(); ++b) identity[b] = static_cast<int32_t>(b);
+          for (int i = 0; i < n; ++i) {
+            heads[i].k_base = k_rows.data();
+            heads[i].v_base = v_rows.data();
+            heads[i].slot_stride = hd;
+            heads[i].table = identity.data();
+          }
+        }
+        if (hd == 64) {
+          AttendHeads64(heads, n);
+        } else if (hd == 128) {
+          AttendHeads128(heads, n);
+        } else {
+          AttendHead(heads[0]);
+        }
       }
+      if (nc > 1 && c == nc - 1 && !cut) merge(parts, chunk_floats, t, h0, n);
     }
   });
+  for (size_t i = 0; i < straddled.size(); ++i) {
+    const Unit x = unit(straddled[i]);
+    merge(straddle_parts + i * cut_floats, max_heads * part_floats, x.t,
+          x.kvh * group + x.sub * max_heads, sub_heads(x.sub));
+  }
   return absl::OkStatus();
 }
 

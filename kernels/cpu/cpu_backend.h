@@ -112,6 +112,10 @@ class CpuBackend final : public Backend {
   std::vector<int32_t> rope_positions_;  // the positions of rope_cos_sin_
   std::vector<float> rope_cos_sin_;      // (token, pair): cos, sin
   std::vector<int64_t> attention_work_before_;  // Attention's work of the tokens before each
+  std::vector<int64_t> attention_unit_before_;  // and its units
+  std::vector<int64_t> attention_cuts_;         // the threads' first units
+  std::vector<int64_t> attention_straddled_;    // the first units of items cut between threads
+  std::vector<float> attention_parts_;  // chunks' partial softmaxes: each thread's, the cut items'
 };
 
 }  // namespace tessera

@@ -5,7 +5,8 @@
 // scattered block tables, a prefill step then a decode step. Batch invariance: a sequence's
 // outputs are the same bits when it runs alone, in other blocks of the cache. And the f16
 // cache's kernels (which convert rows as they load them, or through a conversion pass for
-// other head dims and CPUs) give the same bits as the f32 cache holding the rounded K/V.
+// other head dims and CPUs) give the same bits as the f32 cache holding the rounded K/V. One
+// sequence's long context, split between the threads, gives the same bits on any thread count.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -172,6 +173,67 @@ TEST_P(AttentionTest, MatchesFloat64AndIsTheSameBitsAlone) {
                   0)
             << "hd " << hd << " pos " << t.pos << ": batched and alone differ";
         ++j;
+      }
+    }
+  }
+}
+
+// One sequence's decode token and the end of its prefill, at contexts that Attention splits in
+// two chunks (128 positions on) which the threads share: the same bits on 1 to 8 threads
+// (the cuts fall inside KV heads and chunks, some threads get no work, a head's two chunks are
+// merged after the threads where two threads hold one each), and close to the float64
+// reference.
+TEST_P(AttentionTest, OneSequenceIsTheSameBitsOnAnyThreadCount) {
+  const auto [hd, type] = GetParam();
+  std::mt19937 rng(99 + hd);
+  KvLayout layout;
+  layout.n_layers = 1;
+  layout.n_kv_heads = kKvHeads;
+  layout.head_dim = hd;
+  layout.block_tokens = kBlockTokens;
+  layout.n_blocks = kBlocks;
+  layout.type = type;
+  std::vector<Seq> seqs(1);
+  for (int b = 0; b < 20; ++b) seqs[0].table.push_back((b * 7) % kBlocks);  // scattered
+  auto make = [&](int pos) {
+    Token t{0, pos, Normal(kHeads * hd, &rng), Normal(kKvHeads * hd, &rng),
+            Normal(kKvHeads * hd, &rng)};
+    std::vector<float> k = t.k, v = t.v;
+    if (type == KvType::kF16) {
+      for (float& e : k) e = RoundedToFp16(e);
+      for (float& e : v) e = RoundedToFp16(e);
+    }
+    seqs[0].k.push_back(k);
+    seqs[0].v.push_back(v);
+    return t;
+  };
+  // Prefill 300 positions (their contexts 1 .. 300: one chunk below 128, two from there),
+  // then decode position 300.
+  std::vector<std::vector<Token>> steps(2);
+  for (int p = 0; p < 300; ++p) steps[0].push_back(make(p));
+  steps[1].push_back(make(300));
+  std::vector<std::vector<float>> first;  // per step, on one thread
+  for (int threads : {1, 2, 3, 4, 5, 8}) {
+    CpuBackend backend(threads);
+    ASSERT_TRUE(backend.AllocateKvCache(layout).ok());
+    for (size_t s = 0; s < steps.size(); ++s) {
+      const std::vector<float> out = RunStep(&backend, seqs, steps[s], hd);
+      if (threads == 1) {
+        first.push_back(out);
+        continue;
+      }
+      ASSERT_EQ(std::memcmp(out.data(), first[s].data(), out.size() * sizeof(float)), 0)
+          << "hd " << hd << " step " << s << ": " << threads << " threads differ from one";
+    }
+  }
+  for (size_t s = 0; s < steps.size(); ++s) {
+    for (size_t i = 0; i < steps[s].size(); i += s == 0 ? 37 : 1) {  // some prefill positions
+      const Token& t = steps[s][i];
+      const std::vector<double> ref = Reference(seqs[0], t, hd);
+      const float* got = first[s].data() + i * kHeads * hd;
+      for (int e = 0; e < kHeads * hd; ++e) {
+        ASSERT_NEAR(got[e], ref[e], 2e-5 * (1.0 + std::fabs(ref[e])))
+            << "hd " << hd << " pos " << t.pos << " element " << e;
       }
     }
   }
