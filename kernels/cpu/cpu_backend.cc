@@ -93,26 +93,31 @@ constexpr int kChunks = 2, kMinSplitContext = 128;
 int ChunkPositions(int ctx) {
   return ctx < kMinSplitContext ? ctx : (ctx + 2 * 16 - 1) / (2 * 16) * 16;
 }
+int Chunks(int ctx) { return ctx < kMinSplitContext ? 1 : kChunks; }
 
-// A query head's attention from its two chunks' partial softmaxes (chunk c's sums at o[c], its
-// maximum and sum of weights at stats[c]), in chunk order: with M the larger maximum and
-// f_c = exp(m_c - M), out = the sum over c of (f_c / L) o_c, where L = the sum of f_c l_c.
-// Cloned like the kernels (the baseline's fused multiply-adds are library calls).
+// The attention of n query heads from their two chunks' partial softmaxes: head j's part of
+// chunk c at parts + c * chunk_floats + j * (hd + 2) (hd sums o_c, then the maximum m_c and
+// the sum of the weights l_c), its attention to out + j * hd. In chunk order: with M the larger
+// maximum and f_c = exp(m_c - M), out = the sum over c of (f_c / L) o_c, where L = the sum of
+// f_c l_c. Cloned like the kernels (the baseline's fused multiply-adds are library calls).
 __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default"))) void MergeChunks(
-    const float* const (&o)[kChunks], const float* const (&stats)[kChunks], int hd,
-    float* __restrict__ out) {
-  const float m = std::max(stats[0][0], stats[1][0]);
-  float f[kChunks], total = 0.0f;
-  for (int c = 0; c < kChunks; ++c) {
-    f[c] = ExpPoly(stats[c][0] - m);
-    total += f[c] * stats[c][1];
-  }
-  std::fill(out, out + hd, 0.0f);
-  for (int c = 0; c < kChunks; ++c) {
-    const float w = f[c] / total;
-    const float* oc = o[c];
+    const float* parts, int64_t chunk_floats, int n, int hd, float* __restrict__ out) {
+  for (int j = 0; j < n; ++j, out += hd) {
+    const float* o[kChunks];
+    for (int c = 0; c < kChunks; ++c) o[c] = parts + c * chunk_floats + j * (hd + 2);
+    const float m = std::max(o[0][hd], o[1][hd]);
+    float f[kChunks], total = 0.0f;
+    for (int c = 0; c < kChunks; ++c) {
+      f[c] = ExpPoly(o[c][hd] - m);
+      total += f[c] * o[c][hd + 1];
+    }
+    const float w0 = f[0] / total, w1 = f[1] / total;
+    const float* o0 = o[0];
+    const float* o1 = o[1];
 #pragma omp simd
-    for (int i = 0; i < hd; ++i) out[i] = __builtin_fmaf(w, oc[i], out[i]);
+    for (int i = 0; i < hd; ++i) {
+      out[i] = __builtin_fmaf(w1, o1[i], __builtin_fmaf(w0, o0[i], 0.0f));
+    }
   }
 }
 
@@ -575,10 +580,7 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
       std::min(group, hd == 64 ? kMaxHeads64 : hd == 128 ? kMaxHeads128 : 1);
   const int subs = (group + max_heads - 1) / max_heads;  // sub-items per KV head
   auto sub_heads = [&](int s) { return std::min(max_heads, group - s * max_heads); };
-  auto chunks_of = [&](int64_t t) {
-    const int ctx = batch.position[t] + 1;
-    return (ctx + ChunkPositions(ctx) - 1) / ChunkPositions(ctx);
-  };
+  auto chunks_of = [&](int64_t t) { return Chunks(batch.position[t] + 1); };
   constexpr int kNextCallKRows = 256;
   constexpr int64_t kChunkWork = 8;  // a chunk's fixed cost per head, in positions
   std::vector<int64_t>& work_before = attention_work_before_;
@@ -657,12 +659,7 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
   const bool f16_native = f16 && fixed_kernel && GetCpuFeatures().avx512;
   // The attention of token t's heads h0 .. h0 + n - 1 from their parts at `parts`.
   auto merge = [&](const float* parts, int64_t chunk_floats, int64_t t, int h0, int n) {
-    for (int j = 0; j < n; ++j) {
-      const float* const o[kChunks] = {parts + j * part_floats,
-                                       parts + chunk_floats + j * part_floats};
-      const float* const stats[kChunks] = {o[0] + hd, o[1] + hd};
-      MergeChunks(o, stats, hd, out + (t * n_heads + h0 + j) * hd);
-    }
+    MergeChunks(parts, chunk_floats, n, hd, out + (t * n_heads + h0) * hd);
   };
   pool_.Run([&](int thread, int) {
     const int64_t begin = cuts[thread], end = cuts[thread + 1];
@@ -697,7 +694,7 @@ absl::Status CpuBackend::Attention(int layer, const float* q, const float* k, co
       float* parts = own_parts + cur.sub * max_heads * part_floats;
       int64_t chunk_floats = subs * max_heads * part_floats;
       bool cut = false;
-      if (nc > 1) {
+      if (nc > 1 && !straddled.empty()) {
         const auto s = std::find(straddled.begin(), straddled.end(), u - c * subs);
         if (s != straddled.end()) {
           parts = straddle_parts + (s - straddled.begin()) * cut_floats;
