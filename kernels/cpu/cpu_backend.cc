@@ -85,6 +85,7 @@ class HostBuffer final : public DeviceBuffer {
  private:
   std::vector<float> data_;
 };
+
 // Attention splits a token's context of 128 positions or more in two chunks (kChunks), the
 // first of ChunkPositions(ctx) positions (half the context, rounded up to a multiple of 16),
 // so that the threads can share one sequence's K/V rows; shorter ones are one chunk. A function
@@ -102,18 +103,14 @@ int Chunks(int ctx) { return ctx < kMinSplitContext ? 1 : kChunks; }
 // f_c l_c. Cloned like the kernels (the baseline's fused multiply-adds are library calls).
 __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default"))) void MergeChunks(
     const float* parts, int64_t chunk_floats, int n, int hd, float* __restrict__ out) {
+  static_assert(kChunks == 2, "two chunks merged");
   for (int j = 0; j < n; ++j, out += hd) {
-    const float* o[kChunks];
-    for (int c = 0; c < kChunks; ++c) o[c] = parts + c * chunk_floats + j * (hd + 2);
-    const float m = std::max(o[0][hd], o[1][hd]);
-    float f[kChunks], total = 0.0f;
-    for (int c = 0; c < kChunks; ++c) {
-      f[c] = ExpPoly(o[c][hd] - m);
-      total += f[c] * o[c][hd + 1];
-    }
-    const float w0 = f[0] / total, w1 = f[1] / total;
-    const float* o0 = o[0];
-    const float* o1 = o[1];
+    const float* o0 = parts + j * (hd + 2);
+    const float* o1 = o0 + chunk_floats;
+    const float m = std::max(o0[hd], o1[hd]);
+    const float f0 = ExpPoly(o0[hd] - m), f1 = ExpPoly(o1[hd] - m);
+    const float total = f0 * o0[hd + 1] + f1 * o1[hd + 1];
+    const float w0 = f0 / total, w1 = f1 / total;
 #pragma omp simd
     for (int i = 0; i < hd; ++i) {
       out[i] = __builtin_fmaf(w1, o1[i], __builtin_fmaf(w0, o0[i], 0.0f));

@@ -96,12 +96,8 @@ std::vector<double> Reference(const Seq& s, const Token& t, int hd) {
   return out;
 }
 
-class AttentionTest : public testing::TestWithParam<std::tuple<int, KvType>> {};
-
-TEST_P(AttentionTest, MatchesFloat64AndIsTheSameBitsAlone) {
-  const auto [hd, type] = GetParam();
-  const bool f16 = type == KvType::kF16;
-  std::mt19937 rng(77 + hd);
+// A one-layer cache of kBlocks blocks for kKvHeads heads of hd.
+KvLayout OneLayer(int hd, KvType type) {
   KvLayout layout;
   layout.n_layers = 1;
   layout.n_kv_heads = kKvHeads;
@@ -109,6 +105,36 @@ TEST_P(AttentionTest, MatchesFloat64AndIsTheSameBitsAlone) {
   layout.block_tokens = kBlockTokens;
   layout.n_blocks = kBlocks;
   layout.type = type;
+  return layout;
+}
+
+// Appends t's K/V to s as a cache of `type` holds them (the reference's K/V).
+void Append(const Token& t, KvType type, Seq* s) {
+  std::vector<float> k = t.k, v = t.v;
+  if (type == KvType::kF16) {
+    for (float& e : k) e = RoundedToFp16(e);
+    for (float& e : v) e = RoundedToFp16(e);
+  }
+  s->k.push_back(k);
+  s->v.push_back(v);
+}
+
+// got (kHeads * hd) against the float64 reference of t over s.
+void ExpectNearReference(const float* got, const Seq& s, const Token& t, int hd) {
+  const std::vector<double> ref = Reference(s, t, hd);
+  for (int e = 0; e < kHeads * hd; ++e) {
+    ASSERT_NEAR(got[e], ref[e], 2e-5 * (1.0 + std::fabs(ref[e])))
+        << "hd " << hd << " seq " << t.seq << " pos " << t.pos << " element " << e;
+  }
+}
+
+class AttentionTest : public testing::TestWithParam<std::tuple<int, KvType>> {};
+
+TEST_P(AttentionTest, MatchesFloat64AndIsTheSameBitsAlone) {
+  const auto [hd, type] = GetParam();
+  const bool f16 = type == KvType::kF16;
+  std::mt19937 rng(77 + hd);
+  const KvLayout layout = OneLayer(hd, type);
   CpuBackend batched(2), alone(3), f32_rounded(2);
   ASSERT_TRUE(batched.AllocateKvCache(layout).ok());
   ASSERT_TRUE(alone.AllocateKvCache(layout).ok());
@@ -129,14 +155,7 @@ TEST_P(AttentionTest, MatchesFloat64AndIsTheSameBitsAlone) {
     if (pos % 7 == 3) {  // a large key: scores far apart, softmax nearly one-hot
       for (float& e : t.k) e *= 8.0f;
     }
-    // What the cache holds (the reference's K/V).
-    std::vector<float> k = t.k, v = t.v;
-    if (f16) {
-      for (float& e : k) e = RoundedToFp16(e);
-      for (float& e : v) e = RoundedToFp16(e);
-    }
-    seqs[seq].k.push_back(k);
-    seqs[seq].v.push_back(v);
+    Append(t, type, &seqs[seq]);
     return t;
   };
   // Step 1: prefill 20 tokens of sequence 0 and 149 of sequence 1; step 2: one decode each.
@@ -161,12 +180,8 @@ TEST_P(AttentionTest, MatchesFloat64AndIsTheSameBitsAlone) {
     int j = 0;
     for (size_t i = 0; i < step.size(); ++i) {
       const Token& t = step[i];
-      const std::vector<double> ref = Reference(seqs[t.seq], t, hd);
       const float* got = out.data() + i * kHeads * hd;
-      for (int e = 0; e < kHeads * hd; ++e) {
-        ASSERT_NEAR(got[e], ref[e], 2e-5 * (1.0 + std::fabs(ref[e])))
-            << "hd " << hd << " seq " << t.seq << " pos " << t.pos << " element " << e;
-      }
+      ASSERT_NO_FATAL_FAILURE(ExpectNearReference(got, seqs[t.seq], t, hd));
       if (t.seq == 1) {
         EXPECT_EQ(std::memcmp(got, out_alone.data() + j * kHeads * hd,
                               sizeof(float) * kHeads * hd),
@@ -186,25 +201,13 @@ TEST_P(AttentionTest, MatchesFloat64AndIsTheSameBitsAlone) {
 TEST_P(AttentionTest, OneSequenceIsTheSameBitsOnAnyThreadCount) {
   const auto [hd, type] = GetParam();
   std::mt19937 rng(99 + hd);
-  KvLayout layout;
-  layout.n_layers = 1;
-  layout.n_kv_heads = kKvHeads;
-  layout.head_dim = hd;
-  layout.block_tokens = kBlockTokens;
-  layout.n_blocks = kBlocks;
-  layout.type = type;
+  const KvLayout layout = OneLayer(hd, type);
   std::vector<Seq> seqs(1);
   for (int b = 0; b < 20; ++b) seqs[0].table.push_back((b * 7) % kBlocks);  // scattered
   auto make = [&](int pos) {
     Token t{0, pos, Normal(kHeads * hd, &rng), Normal(kKvHeads * hd, &rng),
             Normal(kKvHeads * hd, &rng)};
-    std::vector<float> k = t.k, v = t.v;
-    if (type == KvType::kF16) {
-      for (float& e : k) e = RoundedToFp16(e);
-      for (float& e : v) e = RoundedToFp16(e);
-    }
-    seqs[0].k.push_back(k);
-    seqs[0].v.push_back(v);
+    Append(t, type, &seqs[0]);
     return t;
   };
   // Prefill 300 positions (their contexts 1 .. 300: one chunk below 128, two from there),
@@ -229,12 +232,8 @@ TEST_P(AttentionTest, OneSequenceIsTheSameBitsOnAnyThreadCount) {
   for (size_t s = 0; s < steps.size(); ++s) {
     for (size_t i = 0; i < steps[s].size(); i += s == 0 ? 37 : 1) {  // some prefill positions
       const Token& t = steps[s][i];
-      const std::vector<double> ref = Reference(seqs[0], t, hd);
-      const float* got = first[s].data() + i * kHeads * hd;
-      for (int e = 0; e < kHeads * hd; ++e) {
-        ASSERT_NEAR(got[e], ref[e], 2e-5 * (1.0 + std::fabs(ref[e])))
-            << "hd " << hd << " pos " << t.pos << " element " << e;
-      }
+      ASSERT_NO_FATAL_FAILURE(
+          ExpectNearReference(first[s].data() + i * kHeads * hd, seqs[0], t, hd));
     }
   }
 }
